@@ -1,0 +1,65 @@
+# mailstead: `make run` serves a dev instance, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+DEV_DIR ?= dev-data
+DEV_DOMAIN ?= example.test
+DEV_USER ?= demo@$(DEV_DOMAIN)
+BIN := $(VENV)/bin
+
+# Debian packages the end-to-end tests drive (installed by `make test` when run as root).
+TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt
+
+.PHONY: run test unit lint bench deps venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+run: venv
+	@if [ ! -f $(DEV_DIR)/mailstead.toml ]; then \
+	  $(BIN)/mailstead init --dev --data-dir $(DEV_DIR) --domain $(DEV_DOMAIN) \
+	    --hostname mail.$(DEV_DOMAIN) && \
+	  $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))' \
+	    > $(DEV_DIR)/demo-password && chmod 600 $(DEV_DIR)/demo-password && \
+	  $(BIN)/mailstead -c $(DEV_DIR)/mailstead.toml user add $(DEV_USER) --admin \
+	    --password-stdin < $(DEV_DIR)/demo-password; \
+	fi
+	@echo "---------------------------------------------------------------"
+	@echo " mailstead dev instance in $(DEV_DIR)"
+	@echo " demo login: $(DEV_USER)  password: $$(cat $(DEV_DIR)/demo-password)"
+	@$(BIN)/mailstead -c $(DEV_DIR)/mailstead.toml config check | sed 's/^/ /'
+	@echo " try: swaks --server 127.0.0.1:2525 --to $(DEV_USER) --tls"
+	@echo "---------------------------------------------------------------"
+	exec $(BIN)/mailstead -c $(DEV_DIR)/mailstead.toml run
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages for the e2e tests:" $$missing; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else \
+	  echo "not root: skipping Debian packages ($(TEST_DEBS)); their tests skip outside CI"; \
+	fi
+
+test: venv deps
+	$(BIN)/python -m pytest -q
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,333 @@
+"""The ``mailstead`` command line: one program, one subcommand per task.
+
+Exit status: 0 done, 1 refused (bad config, unknown user, ...), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import re
+import sys
+from pathlib import Path
+
+from server import dkimkeys
+from server.accounts import AccountError, AccountStore
+from server.addresses import AddressError, normalize_domain
+from server.config import (
+    DEV_PORTS,
+    PRODUCTION_PORTS,
+    SERVICES,
+    ConfigError,
+    parse_listen,
+    parse_nameservers,
+    describe,
+    load_config,
+    render_config,
+)
+from server.safeio import atomic_write, make_private_dir
+from server.tlscert import describe_certificate, make_self_signed
+
+DEFAULT_CONFIG = "/etc/mailstead/mailstead.toml"
+
+
+class CLIError(Exception):
+    pass
+
+
+def _config(args):
+    return load_config(args.config or os.environ.get("MAILSTEAD_CONFIG") or DEFAULT_CONFIG)
+
+
+def _store(args) -> AccountStore:
+    config = _config(args)
+    if not config.db_path.exists():
+        raise CLIError(f"no account database at {config.db_path}; run 'mailstead init' first")
+    return AccountStore.from_config(config)
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if not sys.stdin.isatty():
+        raise CLIError("no terminal to ask for the password; use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise CLIError("the passwords differ")
+    return first
+
+
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"500M"`` -> bytes (binary units); ``"0"`` means no limit."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 0, 500M, 2G)")
+    return int(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower())
+
+
+# --- init ---
+
+
+def cmd_init(args) -> int:
+    data_dir = Path(args.data_dir).absolute()
+    config_path = data_dir / "mailstead.toml"
+    if config_path.exists():
+        raise CLIError(f"{config_path} already exists; refusing to overwrite an instance")
+    try:
+        domain = normalize_domain(args.domain)
+        hostname = normalize_domain(args.hostname)
+    except AddressError as err:
+        raise CLIError(str(err)) from None
+    ports = DEV_PORTS if args.dev else PRODUCTION_PORTS
+    host = "127.0.0.1" if args.dev else "*"
+    listen = {svc: f"{host}:{port}" for svc, port in ports.items()}
+    for item in args.listen or []:
+        svc, _, addr = item.partition("=")
+        if svc not in SERVICES:
+            raise CLIError(f"--listen {item}: unknown service {svc!r} ({', '.join(SERVICES)})")
+        try:
+            parse_listen(addr)
+        except ValueError as err:
+            raise CLIError(f"--listen {item}: {err}") from None
+        listen[svc] = addr
+    extra = {}
+    if args.nameserver:
+        try:
+            extra["dns"] = {"nameservers": list(parse_nameservers(args.nameserver))}
+        except ValueError as err:
+            raise CLIError(f"--nameserver: {err}") from None
+    make_private_dir(data_dir)
+    text = render_config(hostname, data_dir, listen, extra)
+    # Validate what we are about to write exactly as the server will read it.
+    from server.config import parse_config
+
+    config = parse_config(text, config_path)
+    store = AccountStore.from_config(config)
+    store.initialise()
+    if domain not in store.list_domains():
+        store.add_domain(domain)
+    store.close()
+    key = dkimkeys.generate(config.dkim_dir, domain)
+    if not config.cert_file.exists():
+        make_self_signed(hostname, config.cert_file, config.key_file)
+    atomic_write(config_path, text, mode=0o640)
+    print(f"initialised {data_dir} for {domain} (host {hostname})")
+    print(f"  config:      {config_path}")
+    print(f"  certificate: {describe_certificate(config.cert_file)} (self-signed)")
+    print(f"  DKIM key:    {key.record_name}")
+    print(f"next: mailstead -c {config_path} user add you@{domain} --admin")
+    print(f"      mailstead -c {config_path} run")
+    return 0
+
+
+# --- config ---
+
+
+def cmd_config_check(args) -> int:
+    config = _config(args)
+    from server.runner import StartupError, load_tls
+
+    try:
+        load_tls(config)
+    except StartupError as err:
+        raise CLIError(str(err)) from None
+    print(f"{config.path}: ok")
+    for name, addr in config.listeners().items():
+        print(f"  {name:<12} {addr}")
+    return 0
+
+
+def cmd_config_describe(args) -> int:
+    sys.stdout.write(describe(markdown=args.markdown))
+    return 0
+
+
+# --- run ---
+
+
+def cmd_run(args) -> int:
+    from server.runner import run
+
+    return run(_config(args))
+
+
+# --- users ---
+
+
+def cmd_user_add(args) -> int:
+    store = _store(args)
+    user = store.add_user(args.address, _read_password(args), admin=args.admin,
+                          quota_bytes=args.quota)
+    print(f"created {user.address}{' (admin)' if user.is_admin else ''}; Maildir {user.maildir}")
+    return 0
+
+
+def cmd_user_passwd(args) -> int:
+    store = _store(args)
+    if store.get_user(args.address) is None:
+        raise CLIError(f"no mailbox {args.address}")
+    store.set_password(args.address, _read_password(args))
+    print(f"password changed for {args.address}")
+    return 0
+
+
+def cmd_user_set(args) -> int:
+    user = _store(args).update_user(args.address, admin=args.admin, quota_bytes=args.quota,
+                                    disabled=args.disabled)
+    print(_user_line(user))
+    return 0
+
+
+def _user_line(user) -> str:
+    flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on]
+    quota = f"quota {user.quota_bytes}" if user.quota_bytes else "no quota"
+    return f"{user.address:<40} {quota:<18} {' '.join(flags)}".rstrip()
+
+
+def cmd_user_list(args) -> int:
+    for user in _store(args).list_users(args.domain):
+        print(_user_line(user))
+    return 0
+
+
+def cmd_user_delete(args) -> int:
+    moved = _store(args).delete_user(args.address, purge=args.purge)
+    print(f"deleted {args.address}" + (f"; its mail was moved to {moved}" if moved else ""))
+    return 0
+
+
+# --- aliases and domains ---
+
+
+def cmd_alias_add(args) -> int:
+    alias = _store(args).add_alias(args.source, args.destinations)
+    print(f"{alias.source} -> {', '.join(alias.destinations)}")
+    return 0
+
+
+def cmd_alias_list(args) -> int:
+    for alias in _store(args).list_aliases():
+        print(f"{alias.source} -> {', '.join(alias.destinations)}")
+    return 0
+
+
+def cmd_alias_delete(args) -> int:
+    _store(args).delete_alias(args.source, args.destination)
+    print(f"deleted alias {args.source}" + (f" -> {args.destination}" if args.destination else ""))
+    return 0
+
+
+def cmd_domain_add(args) -> int:
+    config = _config(args)
+    domain = _store(args).add_domain(args.domain)
+    key = dkimkeys.generate(config.dkim_dir, domain)
+    print(f"added {domain}; DKIM key {key.record_name}")
+    return 0
+
+
+def cmd_domain_list(args) -> int:
+    for domain in _store(args).list_domains():
+        print(domain)
+    return 0
+
+
+def cmd_domain_delete(args) -> int:
+    _store(args).delete_domain(args.domain)
+    print(f"deleted {args.domain}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailstead", description="A personal mail server.")
+    p.add_argument("-c", "--config", help=f"config file (default $MAILSTEAD_CONFIG or "
+                                          f"{DEFAULT_CONFIG})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="create a new instance: config, database, keys, cert")
+    init.add_argument("--data-dir", required=True)
+    init.add_argument("--domain", required=True, help="your mail domain, e.g. example.com")
+    init.add_argument("--hostname", required=True, help="the mail host, e.g. mail.example.com")
+    init.add_argument("--dev", action="store_true",
+                      help="listen on 127.0.0.1 high ports (2525, 2587, ...) for development")
+    init.add_argument("--listen", action="append", metavar="SERVICE=HOST:PORT",
+                      help="override one listener (repeatable; empty address turns it off)")
+    init.add_argument("--nameserver", action="append", metavar="IP[:PORT]",
+                      help="DNS server to use instead of the system resolver (repeatable)")
+    init.set_defaults(func=cmd_init)
+
+    sub.add_parser("run", help="run every configured service").set_defaults(func=cmd_run)
+
+    cfg = sub.add_parser("config", help="check or describe the configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cfg_sub.add_parser("check", help="validate the config file").set_defaults(
+        func=cmd_config_check)
+    desc = cfg_sub.add_parser("describe", help="every key with its default and meaning")
+    desc.add_argument("--markdown", action="store_true")
+    desc.set_defaults(func=cmd_config_describe)
+
+    user = sub.add_parser("user", help="mailboxes")
+    usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = usub.add_parser("add", help="create a mailbox")
+    add.add_argument("address")
+    add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--admin", action="store_true", help="may use the admin panel")
+    add.add_argument("--quota", type=parse_size, default=0, help="e.g. 2G; 0 = none")
+    add.set_defaults(func=cmd_user_add)
+    pw = usub.add_parser("passwd", help="change a mailbox's password")
+    pw.add_argument("address")
+    pw.add_argument("--password-stdin", action="store_true")
+    pw.set_defaults(func=cmd_user_passwd)
+    st = usub.add_parser("set", help="change quota, admin or disabled")
+    st.add_argument("address")
+    st.add_argument("--quota", type=parse_size)
+    st.add_argument("--admin", action=argparse.BooleanOptionalAction)
+    st.add_argument("--disabled", action=argparse.BooleanOptionalAction)
+    st.set_defaults(func=cmd_user_set)
+    ls = usub.add_parser("list", help="list mailboxes")
+    ls.add_argument("domain", nargs="?")
+    ls.set_defaults(func=cmd_user_list)
+    rm = usub.add_parser("delete", help="delete a mailbox (its mail is moved aside)")
+    rm.add_argument("address")
+    rm.add_argument("--purge", action="store_true", help="delete the mail too")
+    rm.set_defaults(func=cmd_user_delete)
+
+    alias = sub.add_parser("alias", help="aliases, catch-alls (@domain) and forwarding")
+    asub = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    aa = asub.add_parser("add", help="SOURCE DEST... (SOURCE @domain = catch-all)")
+    aa.add_argument("source")
+    aa.add_argument("destinations", nargs="+")
+    aa.set_defaults(func=cmd_alias_add)
+    asub.add_parser("list", help="list aliases").set_defaults(func=cmd_alias_list)
+    ad = asub.add_parser("delete", help="delete an alias, or one destination of it")
+    ad.add_argument("source")
+    ad.add_argument("destination", nargs="?")
+    ad.set_defaults(func=cmd_alias_delete)
+
+    dom = sub.add_parser("domain", help="the domains mail is received for")
+    dsub = dom.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
+    da = dsub.add_parser("add", help="add a domain (and make its DKIM key)")
+    da.add_argument("domain")
+    da.set_defaults(func=cmd_domain_add)
+    dsub.add_parser("list", help="list domains").set_defaults(func=cmd_domain_list)
+    dd = dsub.add_parser("delete", help="delete a domain with no mailboxes or aliases")
+    dd.add_argument("domain")
+    dd.set_defaults(func=cmd_domain_delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+    except (AccountError, CLIError) as err:
+        print(f"mailstead: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+    return 1

@@ -1,0 +1,466 @@
+"""The typed configuration: one TOML file, loaded once into frozen dataclasses, validated at load.
+
+Every option is a dataclass field whose metadata carries its documentation and its check, so
+``mailstead config describe`` and ``docs/config.md`` are generated from the same place the loader
+reads. Nothing here is read at import time; the loaded ``Config`` is passed in explicitly.
+Every outside endpoint (DNS servers, the outbound SMTP port) is an option, so tests can point the
+server at loopback instead of patching code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from server.addresses import AddressError, normalize_domain
+
+SERVICES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "admin")
+
+SERVICE_DOCS = {
+    "mx": "SMTP MX receiver for mail to your domains (STARTTLS offered)",
+    "submission": "authenticated mail submission, STARTTLS (RFC 6409)",
+    "submissions": "authenticated mail submission, implicit TLS (RFC 8314)",
+    "imap": "IMAP, STARTTLS required before login",
+    "imaps": "IMAP, implicit TLS",
+    "pop3": "POP3, STLS required before login",
+    "pop3s": "POP3, implicit TLS",
+    "http": "HTTP: ACME challenges, redirects to HTTPS, well-known endpoints",
+    "admin": "HTTPS admin panel and client set-up",
+}
+PRODUCTION_PORTS = {
+    "mx": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993,
+    "pop3": 110, "pop3s": 995, "http": 80, "admin": 443,
+}
+DEV_PORTS = {
+    "mx": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993,
+    "pop3": 2110, "pop3s": 2995, "http": 8080, "admin": 8443,
+}
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``problems`` lists every ``[section] key: reason`` found."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = [f"invalid configuration in {self.path}:"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def option(default: Any, doc: str, check=None, required: bool = False) -> Any:
+    meta = {"doc": doc, "check": check, "required": required}
+    if isinstance(default, list | tuple):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- value checks: each takes the TOML value, returns the typed value or raises ValueError ---
+
+
+def _int_range(lo: int, hi: int | None = None):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return check
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _hostname(value: Any) -> str:
+    try:
+        name = normalize_domain(_string(value))
+    except AddressError as err:
+        raise ValueError(f"must be a fully qualified host name ({err})") from None
+    if "." not in name:
+        raise ValueError(f"must be a fully qualified host name, got {value!r}")
+    return name
+
+
+def _path(value: Any) -> Path:
+    if not _string(value):
+        raise ValueError("must not be empty")
+    return Path(value)
+
+
+def _choice(*choices: str):
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return check
+
+
+def parse_nameservers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f'must be a list of "ip" or "ip:port" strings, got {value!r}')
+    out = []
+    for item in value:
+        host, port = parse_host_port(_string(item), default_port=53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address (with optional :port)") from None
+        out.append(format_host_port(host, port))
+    return tuple(out)
+
+
+def _delimiter(value: Any) -> str:
+    value = _string(value)
+    if len(value) > 1 or (value and (value.isalnum() or value in '.@"\\ ')):
+        raise ValueError(f"must be one punctuation character such as '+', or empty; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str | None
+    """IP address to bind, or None for every address of the machine."""
+    port: int
+
+    def __str__(self) -> str:
+        return format_host_port(self.host or "*", self.port)
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:25"``, ``"[::1]:25"``, ``"*:25"``; a missing port needs ``default_port``."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 address in {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected :port after ] in {text!r}")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        host, port_text = text, ""  # bare IPv6
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"missing :port in {text!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be 1-65535 in {text!r}")
+    return host, int(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_listen(value: Any) -> Listen | None:
+    text = _string(value).strip()
+    if not text:
+        return None
+    host, port = parse_host_port(text)
+    if host in ("", "*"):
+        return Listen(None, port)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'host must be an IP address or "*", got {host!r}') from None
+    return Listen(host, port)
+
+
+# --- the sections ---
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSection:
+    hostname: str = option(
+        "", "The mail host's fully qualified name: the SMTP greeting, the TLS certificate "
+        "name and the MX target of your domains.", _hostname, required=True)
+    data_dir: Path = option(
+        Path("."), "Directory holding the account database, Maildirs, keys, certificates and "
+        "queue. A relative path is taken from the config file's directory.", _path)
+
+
+_listen_fields = {
+    name: (Listen | None, option(None, f"{SERVICE_DOCS[name]}. \"host:port\", \"[v6]:port\" or "
+                                 f"\"*:port\" (all addresses); empty or absent = off. "
+                                 f"Usual port: {PRODUCTION_PORTS[name]}.", parse_listen))
+    for name in SERVICES
+}
+ListenSection = dataclasses.make_dataclass(
+    "ListenSection", [(n, t, f) for n, (t, f) in _listen_fields.items()], frozen=True, slots=True
+)
+ListenSection.__doc__ = "Where each service listens."
+ListenSection.__module__ = __name__
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSection:
+    cert_file: Path = option(
+        Path("tls/cert.pem"), "PEM certificate chain served by every TLS listener "
+        "(relative to data_dir).", _path)
+    key_file: Path = option(
+        Path("tls/key.pem"), "PEM private key of cert_file (relative to data_dir).", _path)
+
+
+@dataclass(frozen=True, slots=True)
+class DNSSection:
+    nameservers: tuple[str, ...] = option(
+        (), 'DNS servers to query, as "ip" or "ip:port"; empty = the system resolver. '
+        "Tests point this at a loopback server.", parse_nameservers)
+    timeout: float = option(5.0, "Seconds a DNS lookup may take in all.", _positive_float)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSection:
+    mx_port: int = option(25, "TCP port of remote MX hosts for outbound delivery "
+                          "(tests point it at a loopback sink).", _int_range(1, 65535))
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPSection:
+    max_message_size: int = option(
+        50 * 1024 * 1024, "Largest message accepted, in bytes (advertised as SIZE).",
+        _int_range(1024))
+    max_recipients: int = option(
+        100, "Recipients per transaction; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 asks for "
+        "at least 100).", _int_range(1, 10000))
+    idle_timeout: float = option(
+        300.0, "Seconds a client may stay silent before the connection is closed with "
+        "421 (RFC 5321 §4.5.3.2.7).", _positive_float)
+    max_errors: int = option(
+        10, "Error replies a connection may get before it is closed with 421 4.7.0; "
+        "stops address harvesting and confused clients looping.", _int_range(1, 1000))
+    shutdown_grace: float = option(
+        30.0, "On SIGTERM, seconds to let transactions in progress finish before closing.",
+        _positive_float)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsSection:
+    recipient_delimiter: str = option(
+        "+", "Separator of plus-addresses: mail to user+tag@domain reaches user@domain. "
+        "Empty turns plus-addressing off.", _delimiter)
+    min_password_length: int = option(10, "Shortest password accepted for a mailbox.",
+                                      _int_range(1, 1024))
+    argon2_time_cost: int = option(3, "argon2id passes; raising it rehashes each password at "
+                                   "its next login.", _int_range(1, 100))
+    argon2_memory_kib: int = option(65536, "argon2id memory in KiB per hash.",
+                                    _int_range(8, 4 * 1024 * 1024))
+    argon2_parallelism: int = option(4, "argon2id lanes.", _int_range(1, 64))
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = option("info", "Log level: debug, info, warning or error.",
+                        _choice("debug", "info", "warning", "error"))
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSection,
+    "listen": ListenSection,
+    "tls": TLSSection,
+    "dns": DNSSection,
+    "outbound": OutboundSection,
+    "smtp": SMTPSection,
+    "accounts": AccountsSection,
+    "log": LogSection,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerSection
+    listen: Any  # ListenSection
+    tls: TLSSection
+    dns: DNSSection
+    outbound: OutboundSection
+    smtp: SMTPSection
+    accounts: AccountsSection
+    log: LogSection
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    def data_path(self, relative: Path | str) -> Path:
+        return self.server.data_dir / relative
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path("accounts.sqlite3")
+
+    @property
+    def mail_root(self) -> Path:
+        return self.data_path("mail")
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.data_path("dkim")
+
+    @property
+    def cert_file(self) -> Path:
+        return self.data_path(self.tls.cert_file)
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_path(self.tls.key_file)
+
+    def listeners(self) -> dict[str, Listen]:
+        """The services that are on, with their addresses."""
+        out = {}
+        for name in SERVICES:
+            addr = getattr(self.listen, name)
+            if addr is not None:
+                out[name] = addr
+        return out
+
+
+def _load_section(name: str, cls: type, table: Any, problems: list[str]) -> Any:
+    if not isinstance(table, dict):
+        problems.append(f"[{name}]: must be a table")
+        table = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            problems.append(f"[{name}] {key}: unknown key (see 'mailstead config describe')")
+    values = {}
+    for key, fld in known.items():
+        if key not in table:
+            if fld.metadata.get("required"):
+                problems.append(f"[{name}] {key}: required")
+            continue
+        try:
+            values[key] = fld.metadata["check"](table[key])
+        except ValueError as err:
+            problems.append(f"[{name}] {key}: {err}")
+    try:
+        return cls(**values)
+    except TypeError:  # only when problems were recorded above
+        return cls()
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Parse and validate config ``text`` as if read from ``path``."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, [f"not valid TOML: {err}"]) from None
+    problems: list[str] = []
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(f"[{key}]: unknown section (see 'mailstead config describe')")
+    sections = {
+        name: _load_section(name, cls, raw.get(name, {}), problems)
+        for name, cls in SECTIONS.items()
+    }
+    seen: dict[tuple[str | None, int], str] = {}
+    for svc in SERVICES:
+        addr = getattr(sections["listen"], svc)
+        if addr is None:
+            continue
+        for (host, port), other in seen.items():
+            if port == addr.port and (host == addr.host or host is None or addr.host is None):
+                problems.append(f"[listen] {svc}: {addr} clashes with [listen] {other}")
+        seen[(addr.host, addr.port)] = svc
+    if problems:
+        raise ConfigError(path, problems)
+    server = sections["server"]
+    data_dir = server.data_dir
+    if not data_dir.is_absolute():
+        data_dir = (path.parent / data_dir).resolve()
+    sections["server"] = dataclasses.replace(server, data_dir=data_dir)
+    return Config(path=path, **sections)
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, [f"cannot read: {err.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["not UTF-8 text"]) from None
+    return parse_config(text, path)
+
+
+# --- writing and describing ---
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def render_config(hostname: str, data_dir: Path, listen: dict[str, str],
+                  extra: dict[str, dict[str, Any]] | None = None) -> str:
+    """The config file ``mailstead init`` writes: the required keys plus every listener."""
+    lines = ["# mailstead configuration. Every key: 'mailstead config describe'.", ""]
+    lines += ["[server]", f"hostname = {_toml_value(hostname)}",
+              f"data_dir = {_toml_value(str(data_dir))}", "", "[listen]"]
+    lines += [f"{svc} = {_toml_value(listen.get(svc, ''))}" for svc in SERVICES]
+    for section, values in (extra or {}).items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+_KIND_NAMES = {str: "string", int: "integer", float: "number", Path: "path",
+               tuple[str, ...]: "list of strings"}
+
+
+def describe(markdown: bool = False) -> str:
+    """Every section and key with its default and meaning."""
+    out: list[str] = []
+    if markdown:
+        out += ["# Configuration reference", "",
+                "Generated by `mailstead config describe --markdown`; do not edit by hand.",
+                "The file is TOML. A missing key takes its default; an unknown key or a bad "
+                "value stops the server with an error naming the key.", ""]
+    for name, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        out.append(f"## [{name}]" if markdown else f"[{name}]")
+        if markdown:
+            out.append("")
+            out.append("| key | default | meaning |")
+            out.append("| --- | --- | --- |")
+        for fld in dataclasses.fields(cls):
+            default = "(required)" if fld.metadata.get("required") else _toml_value(fld.default)
+            doc = fld.metadata["doc"]
+            if markdown:
+                out.append(f"| `{fld.name}` | `{default}` | {doc} |")
+            else:
+                kind = _KIND_NAMES.get(hints[fld.name], "host:port")
+                out.append(f"  {fld.name} = {default}    # {kind}")
+                out.append(f"      {doc}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,135 @@
+"""``mailstead run``: every configured service in one asyncio process.
+
+SIGTERM/SIGINT stop it cleanly: listeners stop accepting, idle connections get 421, transactions
+in progress get ``[smtp] shutdown_grace`` seconds to finish, deliveries in worker threads
+complete, then the process exits 0. SIGHUP re-reads the config file and the certificate; a bad
+new config is logged and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from server.accounts import AccountStore
+from server.config import Config, ConfigError, load_config
+from server.dnsresolve import make_resolver
+from server.smtp.listener import SMTPListener
+from server.smtp.mx import MXHandler
+from server.tlscert import reload_certificate, server_context
+
+log = logging.getLogger("mailstead")
+
+IMPLEMENTED = ("mx",)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message names the config key to fix."""
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # aiosmtpd logs every client line at INFO, AUTH payloads included: never let it through.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def load_tls(config: Config) -> ssl.SSLContext:
+    try:
+        return server_context(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as err:
+        raise StartupError(
+            f"[tls] cert_file/key_file: cannot load {config.cert_file} and {config.key_file}: "
+            f"{getattr(err, 'strerror', None) or err}") from None
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.accounts = AccountStore.from_config(config)
+        self.tls = load_tls(config)
+        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="io")
+        self.listeners: list[SMTPListener] = []
+        self.handlers: list[MXHandler] = []
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        if not self.config.db_path.exists():
+            raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
+                               " (run 'mailstead init' first)")
+        self.accounts.initialise()
+        resolver = make_resolver(self.config.dns)
+        for name, addr in self.config.listeners().items():
+            if name not in IMPLEMENTED:
+                log.warning("%s on %s: not part of this version yet; not started", name, addr)
+                continue
+            handler = MXHandler(self.config, self.accounts, resolver, self.executor)
+            self.handlers.append(handler)
+            self.listeners.append(SMTPListener(name, addr, handler, self.config, self.tls))
+        for listener in self.listeners:
+            try:
+                await listener.start()
+            except OSError as err:
+                await self.stop()
+                raise StartupError(f"[listen] {listener.name}: cannot listen on "
+                                   f"{listener.listen}: {err.strerror or err}") from None
+        log.info("mailstead ready: %s", ", ".join(f"{lst.name} {lst.listen}"
+                                                  for lst in self.listeners) or "no services")
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as err:
+            log.error("reload refused, keeping the running config: %s", err)
+            return
+        try:
+            reload_certificate(self.tls, new.cert_file, new.key_file)
+        except (OSError, ssl.SSLError) as err:
+            log.error("reload: cannot load certificate %s: %s; keeping the old one",
+                      new.cert_file, err)
+        if new.listeners() != self.config.listeners():
+            log.warning("reload: [listen] changes take effect at the next restart")
+        for obj in (*self.listeners, *self.handlers):
+            obj.update_config(new)
+        self.config = new
+        logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))
+        log.info("reloaded %s", new.path)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.stop_accepting()
+        await asyncio.gather(*(lst.drain(self.config.smtp.shutdown_grace)
+                               for lst in self.listeners))
+        # Deliveries already handed to worker threads finish before the process exits.
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
+        self.accounts.close()
+
+    async def serve(self) -> int:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.stopping.wait()
+        log.info("shutting down")
+        await self.stop()
+        log.info("stopped")
+        return 0
+
+
+def run(config: Config) -> int:
+    setup_logging(config.log.level)
+    try:
+        return asyncio.run(_serve(config))
+    except StartupError as err:
+        log.error("cannot start: %s", err)
+        return 1
+
+
+async def _serve(config: Config) -> int:
+    return await Daemon(config).serve()

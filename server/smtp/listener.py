@@ -1,0 +1,75 @@
+"""One SMTP listening socket: makes a protocol per connection and shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+
+from server.config import Config, Listen
+from server.smtp import replies
+from server.smtp.protocol import SMTPProtocol
+
+log = logging.getLogger("mailstead.smtp")
+
+IDENT = "ESMTP mailstead"
+
+
+class SMTPListener:
+    def __init__(self, name: str, listen: Listen, handler, config: Config,
+                 tls_context: ssl.SSLContext | None, *, auth_enabled: bool = False):
+        self.name = name
+        self.listen = listen
+        self.handler = handler
+        self.config = config
+        self.tls_context = tls_context
+        self.auth_enabled = auth_enabled
+        self.connections: set[SMTPProtocol] = set()
+        self.server: asyncio.Server | None = None
+
+    def update_config(self, config: Config) -> None:
+        self.config = config
+
+    def _protocol(self) -> SMTPProtocol:
+        smtp = self.config.smtp
+        return SMTPProtocol(
+            self.handler,
+            max_errors=smtp.max_errors,
+            registry=self.connections,
+            auth_enabled=self.auth_enabled,
+            hostname=self.config.server.hostname,
+            ident=IDENT,
+            tls_context=self.tls_context,
+            data_size_limit=smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=smtp.idle_timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        self.server = await asyncio.get_running_loop().create_server(
+            self._protocol, host=self.listen.host, port=self.listen.port,
+            reuse_address=True, backlog=512)
+        log.info("%s listening on %s", self.name, self.listen)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Close idle connections with 421 now; give transactions in progress ``grace`` seconds
+        to finish (each is closed with 421 as soon as its transaction ends), then close the rest.
+        """
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            for conn in list(self.connections):
+                if not conn.in_transaction:
+                    conn.close_with(replies.SHUTTING_DOWN)
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            log.warning("conn=%s still in a transaction at shutdown; closing", conn.conn_id)
+            conn.close_with(replies.SHUTTING_DOWN)
+        if self.server is not None:
+            await self.server.wait_closed()

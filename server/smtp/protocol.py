@@ -1,0 +1,134 @@
+"""aiosmtpd's SMTP protocol with the few things its handler hooks cannot reach.
+
+All mail behaviour lives in handler classes (``mx.MXHandler``). This subclass only:
+- adds RFC 3463 enhanced status codes to the replies aiosmtpd writes itself;
+- counts error replies and ends the connection with 421 after ``max_errors`` (a client that
+  keeps failing is guessing addresses or looping);
+- answers 421 before closing on idle timeout and at shutdown, instead of a silent hang-up;
+- refuses AUTH with 503 where the service offers none (the MX);
+- keeps one connection id across STARTTLS (aiosmtpd makes a new Session then, per RFC 3207 §4.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from server.smtp import replies
+
+log = logging.getLogger("mailstead.smtp")
+
+_conn_counter = itertools.count(1)
+_conn_prefix = format(int(time.time()) % 46656, "x") + format(os.getpid() % 4096, "x")
+
+
+def new_conn_id() -> str:
+    return f"{_conn_prefix}{next(_conn_counter):x}"
+
+
+class MailEnvelope(Envelope):
+    """aiosmtpd's envelope plus what the MX decides while it fills it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender: str = ""  # normalised reverse-path, "" for the null sender
+        self.mailboxes: dict[int, tuple[object, str]] = {}  # user id -> (User, RCPT address)
+
+
+class SMTPProtocol(SMTP):
+    def __init__(self, handler, *, max_errors: int, registry: set[SMTPProtocol],
+                 auth_enabled: bool = False, **kwargs):
+        self.conn_id = new_conn_id()
+        self.errors = 0
+        self.transactions = 0
+        self.max_errors = max_errors
+        self.auth_enabled = auth_enabled
+        self.registry = registry
+        self.reverse_name_task: asyncio.Task | None = None
+        self._greeted = False
+        self._in_helo = False
+        super().__init__(handler, **kwargs)
+
+    # --- identity and lifetime ---
+
+    def _create_session(self) -> Session:
+        session = Session(self.loop)
+        session.conn_id = self.conn_id
+        return session
+
+    def _create_envelope(self) -> Envelope:
+        return MailEnvelope()
+
+    @property
+    def peer_ip(self) -> str:
+        peer = self.session.peer if self.session else None
+        return peer[0] if isinstance(peer, tuple) else "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.registry.add(self)
+            log.info("conn=%s connect from [%s]", self.conn_id, self.peer_ip)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.registry.discard(self)
+        if self.reverse_name_task is not None:
+            self.reverse_name_task.cancel()
+        log.info("conn=%s disconnect errors=%d transactions=%d", self.conn_id, self.errors,
+                 self.transactions)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_with(self, reply: replies.Reply) -> None:
+        """Write ``reply`` and close; the transport flushes the write before closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(f"{reply}\r\n".encode("ascii"))
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        log.info("conn=%s idle timeout", self.conn_id)
+        self.close_with(replies.TIMEOUT)
+
+    # --- replies ---
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "surrogateescape")
+        if self._greeted and not self._in_helo:
+            status = "\r\n".join(replies.add_enhanced_code(line) for line in status.split("\r\n"))
+        self._greeted = True
+        await super().push(status)
+        if status[:1] in ("4", "5") and not status.startswith("421"):
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                log.info("conn=%s too many errors (%d), closing", self.conn_id, self.errors)
+                self.close_with(replies.TOO_MANY_ERRORS)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_helo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_helo = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_helo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_helo = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.auth_enabled:
+            await self.push(str(replies.AUTH_NOT_ENABLED))
+            return
+        await super().smtp_AUTH(arg)

@@ -1,0 +1,118 @@
+"""Named SMTP replies and the typed exception that carries one.
+
+Every reply we send has an RFC 3463 enhanced status code (RFC 2034 §3 exempts only the greeting,
+HELO/EHLO answers and 3xx intermediate replies). Handlers raise ``SMTPError(reply)``; the
+``@smtp_hook`` decorator turns it into the reply string in one place, and turns any other
+exception into ``451 4.3.0`` plus a logged traceback, so a bug never drops a connection or a message.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("mailstead.smtp")
+
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.enhanced, text)
+
+
+class SMTPError(Exception):
+    """Raised by handler code to answer the current command with ``reply``."""
+
+    def __init__(self, reply: Reply, text: str | None = None):
+        self.reply = reply.with_text(text) if text is not None else reply
+        super().__init__(str(self.reply))
+
+
+# 2xx
+OK = Reply(250, "2.0.0", "Ok")
+SENDER_OK = Reply(250, "2.1.0", "Sender ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
+DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
+BYE = Reply(221, "2.0.0", "Bye")
+
+# 4xx: temporary, the client retries
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+NO_FORWARDING_YET = Reply(
+    451, "4.3.0", "Forwarding to external addresses is not available yet, try again later"
+)
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
+# RFC 5321 §4.5.3.1.10: 452 tells the client to send the remaining recipients in a new transaction.
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+
+# 5xx: permanent
+SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Authentication not enabled on this service")
+BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Sender address malformed")
+BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Recipient address malformed")
+UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
+MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+BARE_LINE_END = Reply(
+    550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 §2.3.8)"
+)
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops, mail loop suspected")
+PARAM_NOT_IMPLEMENTED = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
+
+# aiosmtpd writes some replies itself, without enhanced codes; ``add_enhanced_code`` adds the
+# class-appropriate one by reply code (RFC 3463 §3.5 for the 5.5.x protocol family).
+_DEFAULT_ENHANCED = {
+    211: "2.0.0", 214: "2.0.0", 220: "2.0.0", 221: "2.0.0", 250: "2.0.0", 252: "2.0.0",
+    421: "4.3.0", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+    530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 552: "5.3.4", 553: "5.1.3",
+    554: "5.7.0", 555: "5.5.4",
+}
+
+
+def add_enhanced_code(line: str) -> str:
+    """Return ``line`` with an enhanced status code after the reply code, unless it has one."""
+    code, sep, rest = line[:3], line[3:4], line[4:]
+    if not code.isdigit() or sep not in (" ", "-") or code[0] == "3":
+        return line
+    first = rest.split(" ", 1)[0]
+    if _ENHANCED.match(first):
+        return line
+    enhanced = _DEFAULT_ENHANCED.get(int(code), f"{code[0]}.0.0")
+    return f"{code}{sep}{enhanced} {rest}" if rest else f"{code}{sep}{enhanced}"
+
+
+Hook = Callable[..., Awaitable[str]]
+
+
+def smtp_hook(func: Hook) -> Hook:
+    """Turn ``SMTPError`` into its reply and any other exception into ``451 4.3.0``."""
+
+    @functools.wraps(func)
+    async def wrapper(self, server, session, envelope, *args):
+        try:
+            return await func(self, server, session, envelope, *args)
+        except SMTPError as err:
+            return str(err.reply)
+        except Exception:
+            log.exception("conn=%s %s failed", getattr(session, "conn_id", "-"), func.__name__)
+            return str(LOCAL_ERROR)
+
+    return wrapper

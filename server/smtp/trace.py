@@ -1,0 +1,68 @@
+"""Trace headers added at delivery: Return-Path, Delivered-To and Received (RFC 5321 §4.4).
+
+Pure functions returning CRLF-terminated bytes, so the MX can write them as the first chunk of
+each recipient's copy without touching the message body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;\"<>]")
+
+
+def _clean(text: str, limit: int = 255) -> str:
+    """A peer-supplied name made safe for a header: it cannot inject lines or break the syntax."""
+    return _UNSAFE.sub("?", text)[:limit] or "?"
+
+
+def protocol_keyword(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:
+    """RFC 3848 / RFC 6531 §4.3 ``with`` keyword: SMTP, ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS..."""
+    if not esmtp:
+        return "SMTP"
+    word = "UTF8SMTP" if utf8 else "ESMTP"
+    return word + ("S" if tls else "") + ("A" if auth else "")
+
+
+def received(*, helo: str, reverse_name: str | None, ip: str, by: str, protocol: str,
+             txn_id: str, recipient: str | None, tls_info: str | None = None,
+             when: float | None = None) -> bytes:
+    ip_text = f"IPv6:{ip}" if ":" in ip else ip
+    lines = [f"Received: from {_clean(helo)} ({_clean(reverse_name or 'unknown')} [{ip_text}])"]
+    if tls_info:
+        lines.append(f"\t({_clean_comment(tls_info)})")
+    by_line = f"\tby {by} (mailstead) with {protocol} id {txn_id}"
+    if recipient:
+        lines.append(by_line)
+        lines.append(f"\tfor <{recipient}>; {email.utils.formatdate(when, localtime=True)}")
+    else:
+        lines.append(f"{by_line}; {email.utils.formatdate(when, localtime=True)}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _clean_comment(text: str) -> str:
+    return re.sub(r"[^\x20-\x7e]|[()\\]", "?", text)
+
+
+def return_path(sender: str) -> bytes:
+    return f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape")
+
+
+def delivered_to(address: str) -> bytes:
+    return f"Delivered-To: {address}\r\n".encode("utf-8", "surrogateescape")
+
+
+def count_received(message: bytes, limit: int) -> int:
+    """Received headers in the header section, counting at most ``limit + 1``."""
+    end = message.find(b"\r\n\r\n")
+    header = (message if end < 0 else message[: end + 2]).lower()
+    count = 1 if header.startswith(b"received:") else 0
+    count += header.count(b"\nreceived:")
+    return min(count, limit + 1)
+
+
+def has_bare_line_end(message: bytes) -> bool:
+    """True if a CR or LF appears outside a CRLF pair (RFC 5321 §2.3.8; SMTP smuggling)."""
+    crlf = message.count(b"\r\n")
+    return message.count(b"\n") != crlf or message.count(b"\r") != crlf
