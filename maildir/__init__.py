@@ -8,10 +8,28 @@ directories, a ``maildirsize`` quota file), readable by Python's ``mailbox.Maild
 and Dovecot.  The package does storage only: no sockets, no configuration, no logging setup.
 """
 
+from maildir.folders import (
+    DEFAULT_FOLDERS,
+    INBOX,
+    create_folder,
+    create_maildir,
+    folder_path,
+    is_inbox,
+    list_folders,
+    validate_folder_name,
+)
 from maildir.naming import MaildirName, new_unique_name, parse_name
 
 __all__ = [
+    "DEFAULT_FOLDERS",
+    "INBOX",
     "MaildirName",
+    "create_folder",
+    "create_maildir",
+    "folder_path",
+    "is_inbox",
+    "list_folders",
     "new_unique_name",
     "parse_name",
+    "validate_folder_name",
 ]
