@@ -8,6 +8,7 @@ directories, a ``maildirsize`` quota file), readable by Python's ``mailbox.Maild
 and Dovecot.  The package does storage only: no sockets, no configuration, no logging setup.
 """
 
+from maildir.deliver import TMP_MAX_AGE, Delivery, DeliveryError, cleanup_tmp, deliver
 from maildir.folders import (
     DEFAULT_FOLDERS,
     INBOX,
@@ -23,9 +24,14 @@ from maildir.naming import MaildirName, new_unique_name, parse_name
 __all__ = [
     "DEFAULT_FOLDERS",
     "INBOX",
+    "TMP_MAX_AGE",
+    "Delivery",
+    "DeliveryError",
     "MaildirName",
+    "cleanup_tmp",
     "create_folder",
     "create_maildir",
+    "deliver",
     "folder_path",
     "is_inbox",
     "list_folders",
