@@ -9,6 +9,7 @@ and Dovecot.  The package does storage only: no sockets, no configuration, no lo
 """
 
 from maildir.deliver import TMP_MAX_AGE, Delivery, DeliveryError, cleanup_tmp, deliver
+from maildir.flags import VALID_FLAGS, flags_of, normalize_flags, set_flags, with_flags
 from maildir.folders import (
     DEFAULT_FOLDERS,
     INBOX,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_FOLDERS",
     "INBOX",
     "TMP_MAX_AGE",
+    "VALID_FLAGS",
     "Delivery",
     "DeliveryError",
     "MaildirName",
@@ -32,10 +34,14 @@ __all__ = [
     "create_folder",
     "create_maildir",
     "deliver",
+    "flags_of",
     "folder_path",
     "is_inbox",
     "list_folders",
     "new_unique_name",
+    "normalize_flags",
     "parse_name",
+    "set_flags",
     "validate_folder_name",
+    "with_flags",
 ]
