@@ -21,6 +21,7 @@ from maildir.folders import (
     validate_folder_name,
 )
 from maildir.naming import MaildirName, new_unique_name, parse_name
+from maildir.quota import invalidate, recalculate, record, usage
 
 __all__ = [
     "DEFAULT_FOLDERS",
@@ -36,12 +37,16 @@ __all__ = [
     "deliver",
     "flags_of",
     "folder_path",
+    "invalidate",
     "is_inbox",
     "list_folders",
     "new_unique_name",
     "normalize_flags",
     "parse_name",
+    "recalculate",
+    "record",
     "set_flags",
+    "usage",
     "validate_folder_name",
     "with_flags",
 ]
