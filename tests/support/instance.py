@@ -1,0 +1,194 @@
+"""A real mailstead instance for protocol and e2e tests.
+
+``Instance`` runs ``mailstead init`` (the real CLI) into a temp dir with every listener on a free
+loopback port (or off) and ``[dns] nameservers`` pointed at the loopback test DNS server, then
+runs ``mailstead -c ... run`` as a subprocess and waits until its ports accept connections.
+"""
+
+from __future__ import annotations
+
+import email
+import mailbox
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from server.accounts import AccountStore
+from server.config import SERVICES, load_config
+
+MAILSTEAD = [sys.executable, "-m", "server"]
+PASSWORD = "correct horse battery"
+# The implemented services; the others stay off so the tests see only what exists.
+RUNNING = ("mx",)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*MAILSTEAD, *args], input=input, capture_output=True, text=True,
+                          timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mailstead {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}{proc.stderr}")
+    return proc
+
+
+class Instance:
+    def __init__(self, root: Path, nameserver: str, domain: str = "example.test",
+                 hostname: str = "mail.example.test", extra_config: str = ""):
+        self.root = Path(root)
+        self.data_dir = self.root / "data"
+        self.domain = domain
+        self.hostname = hostname
+        self.ports = {svc: free_port() for svc in RUNNING}
+        listen = [f"--listen={svc}=127.0.0.1:{self.ports[svc]}" if svc in self.ports
+                  else f"--listen={svc}=" for svc in SERVICES]
+        cli("init", "--data-dir", str(self.data_dir), "--domain", domain, "--hostname",
+            hostname, "--nameserver", nameserver, *listen)
+        self.config_path = self.data_dir / "mailstead.toml"
+        # Cheaper password hashing keeps fixtures fast; production defaults are tested in unit.
+        self.append_config("[accounts]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\n"
+                           + extra_config)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.root / "mailstead.log"
+
+    # --- config and accounts ---
+
+    def append_config(self, text: str) -> None:
+        with open(self.config_path, "a") as f:
+            f.write("\n" + text + "\n")
+
+    @property
+    def config(self):
+        return load_config(self.config_path)
+
+    @property
+    def accounts(self) -> AccountStore:
+        return AccountStore.from_config(self.config)
+
+    def add_user(self, address: str, **kwargs):
+        store = self.accounts
+        try:
+            return store.add_user(address, PASSWORD, **kwargs)
+        finally:
+            store.close()
+
+    def add_alias(self, source: str, *destinations: str):
+        store = self.accounts
+        try:
+            return store.add_alias(source, list(destinations))
+        finally:
+            store.close()
+
+    def maildir(self, address: str, folder: str = "") -> mailbox.Maildir:
+        local, domain = address.lower().split("@")
+        path = self.data_dir / "mail" / domain / local
+        if folder:
+            path = path / f".{folder}"
+        return mailbox.Maildir(path, factory=None, create=False)
+
+    def messages(self, address: str) -> list[bytes]:
+        box = self.maildir(address)
+        return [box.get_bytes(key) for key in sorted(box.keys())]
+
+    def parsed(self, address: str) -> list[email.message.Message]:
+        return [email.message_from_bytes(m) for m in self.messages(address)]
+
+    # --- process ---
+
+    def start(self, timeout: float = 15) -> Instance:
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*MAILSTEAD, "-c", str(self.config_path), "run"],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        pending = dict(self.ports)
+        while pending:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mailstead exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mailstead did not start listening:\n{self.log()}")
+            for svc, port in list(pending.items()):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    del pending[svc]
+                except OSError:
+                    time.sleep(0.05)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in log:\n{self.log()}")
+
+    # --- clients ---
+
+    @property
+    def mx_port(self) -> int:
+        return self.ports["mx"]
+
+    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.mx_port, local_hostname="client.remote.test",
+                              timeout=timeout)
+        return client
+
+    def tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "cert.pem"))
+        return ctx
+
+    def send(self, rcpts: list[str] | str, data: bytes, sender: str = "bob@remote.test",
+             starttls: bool = True) -> dict:
+        """Send one message over the MX; returns smtplib's refused-recipients dict."""
+        if isinstance(rcpts, str):
+            rcpts = [rcpts]
+        with self.smtp() as client:
+            if starttls:
+                client.starttls(context=self.tls_context())
+            return client.sendmail(sender, rcpts, data)
+
+
+def env_without_proxy() -> dict:
+    env = dict(os.environ)
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env.pop(key, None)
+    return env
