@@ -8,6 +8,7 @@ event loop while the CLI or the admin panel may write from another process.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -157,6 +158,8 @@ class AccountStore:
     def initialise(self) -> None:
         """Create the schema (idempotent)."""
         conn = self._conn()
+        # Password hashes live here; SQLite gives its -wal/-shm files the same mode.
+        os.chmod(self.db_path, 0o600)
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
         with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",

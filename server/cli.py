@@ -242,6 +242,20 @@ def cmd_domain_delete(args) -> int:
     return 0
 
 
+def cmd_dkim_show(args) -> int:
+    config = _config(args)
+    domains = [normalize_domain(args.domain)] if args.domain else _store(args).list_domains()
+    for domain in domains:
+        keys = dkimkeys.keys_for(config.dkim_dir, domain)
+        if not keys:
+            raise CLIError(f"no DKIM key for {domain}")
+        for key in keys:
+            # Zone-file form: one TXT record made of 255-byte character-strings.
+            strings = " ".join(f'"{part}"' for part in key.txt_strings())
+            print(f"{key.record_name}. IN TXT ( {strings} )")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailstead", description="A personal mail server.")
     p.add_argument("-c", "--config", help=f"config file (default $MAILSTEAD_CONFIG or "
@@ -317,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     dd = dsub.add_parser("delete", help="delete a domain with no mailboxes or aliases")
     dd.add_argument("domain")
     dd.set_defaults(func=cmd_domain_delete)
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys")
+    ksub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    ks = ksub.add_parser("show", help="print the DNS TXT record(s) to publish")
+    ks.add_argument("domain", nargs="?")
+    ks.set_defaults(func=cmd_dkim_show)
     return p
 
 
