@@ -121,10 +121,7 @@ def parse_address(text: str) -> Address:
     """Parse an RFC 5321 Mailbox (no angle brackets), e.g. ``alice@Example.TEST``."""
     if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH:
         raise AddressError(f"address longer than {MAX_PATH} octets")
-    if text.endswith("]"):
-        at = text.rfind("@[")
-    else:
-        at = text.rfind("@")
+    at = text.rfind("@[") if text.endswith("]") else text.rfind("@")
     if at <= 0 or at == len(text) - 1:
         raise AddressError(f"{text!r} is not of the form local@domain")
     local_text, domain_text = text[:at], text[at + 1 :]

@@ -20,10 +20,10 @@ from server.config import (
     PRODUCTION_PORTS,
     SERVICES,
     ConfigError,
-    parse_listen,
-    parse_nameservers,
     describe,
     load_config,
+    parse_listen,
+    parse_nameservers,
     render_config,
 )
 from server.safeio import atomic_write, make_private_dir
@@ -130,7 +130,7 @@ def cmd_init(args) -> int:
 
 def cmd_config_check(args) -> int:
     config = _config(args)
-    from server.runner import StartupError, load_tls
+    from server.runner import IMPLEMENTED, StartupError, load_tls
 
     try:
         load_tls(config)
@@ -138,7 +138,8 @@ def cmd_config_check(args) -> int:
         raise CLIError(str(err)) from None
     print(f"{config.path}: ok")
     for name, addr in config.listeners().items():
-        print(f"  {name:<12} {addr}")
+        note = "" if name in IMPLEMENTED else "  (not part of this version yet)"
+        print(f"  {name:<12} {addr}{note}")
     return 0
 
 

@@ -79,7 +79,8 @@ class MXHandler:
             try:
                 envelope.sender = str(parse_address(address))
             except AddressError as err:
-                raise SMTPError(replies.BAD_SENDER_SYNTAX, f"Sender address malformed: {err}")
+                raise SMTPError(replies.BAD_SENDER_SYNTAX,
+                               f"Sender address malformed: {err}") from None
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         server.transactions += 1
@@ -112,7 +113,8 @@ class MXHandler:
         try:
             addr = parse_address(address)
         except AddressError as err:
-            raise SMTPError(replies.BAD_RECIPIENT_SYNTAX, f"Recipient address malformed: {err}")
+            raise SMTPError(replies.BAD_RECIPIENT_SYNTAX,
+                           f"Recipient address malformed: {err}") from None
         if addr.is_literal or _RELAY_CHARS & set(addr.local):
             self._refuse(server, address, "relay trick")
         try:

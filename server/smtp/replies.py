@@ -1,9 +1,10 @@
 """Named SMTP replies and the typed exception that carries one.
 
-Every reply we send has an RFC 3463 enhanced status code (RFC 2034 §3 exempts only the greeting,
-HELO/EHLO answers and 3xx intermediate replies). Handlers raise ``SMTPError(reply)``; the
-``@smtp_hook`` decorator turns it into the reply string in one place, and turns any other
-exception into ``451 4.3.0`` plus a logged traceback, so a bug never drops a connection or a message.
+Every reply we send has an RFC 3463 enhanced status code (RFC 2034 §3 exempts only the
+greeting, HELO/EHLO answers and 3xx intermediate replies). Handlers raise
+``SMTPError(reply)``; the ``@smtp_hook`` decorator turns it into the reply string in one
+place, and turns any other exception into ``451 4.3.0`` plus a logged traceback, so a bug
+never drops a connection or a message.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Process lifecycle: clean shutdown on SIGTERM, reload on SIGHUP, refusal to start half-configured."""
+"""Process lifecycle: clean shutdown on SIGTERM, reload on SIGHUP, no half-configured start."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def test_tricks_refused_even_with_catch_all(fresh):
         c.reply()
         c.cmd("EHLO attacker.remote.test")
         c.cmd("MAIL FROM:<spammer@remote.test>")
-        for rcpt, expected in TRICKS:
+        for rcpt, _ in TRICKS:
             code, text = c.cmd(f"RCPT TO:{rcpt}")
             assert code >= 500, (rcpt, code, text)
         assert c.cmd("RCPT TO:<someone@example.test>")[0] == 250

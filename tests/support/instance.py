@@ -107,7 +107,7 @@ class Instance:
     # --- process ---
 
     def start(self, timeout: float = 15) -> Instance:
-        self.log_file = open(self.log_path, "ab")
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen([*MAILSTEAD, "-c", str(self.config_path), "run"],
                                      stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -69,7 +69,7 @@ class RawSMTP:
                 self.buf += chunk
         except (ConnectionResetError, BrokenPipeError):
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
 
     def starttls(self, context: ssl.SSLContext, server_hostname: str = "localhost") -> None:
