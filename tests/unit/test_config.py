@@ -78,7 +78,8 @@ def test_hostname_normalised():
     assert config.server.hostname == "mail.example.com"
 
 
-@pytest.mark.parametrize("value", ['"localhost"', '"bad..name.example"', '"-x.example"', "5"])
+@pytest.mark.parametrize(
+    "value", ['"localhost"', '"bad..name.example"', '"-x.example"', "5", '"mail\\n.example.com"'])
 def test_bad_hostname(value):
     problem = _only_problem("", base=f"[server]\nhostname = {value}\n")
     assert problem.startswith("[server] hostname: must be")
