@@ -15,6 +15,11 @@ TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@# Debian and Ubuntu ship venv support as a separate package.
+	@if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    python3-venv >/dev/null; \
+	fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@

@@ -8,6 +8,7 @@ event loop while the CLI or the admin panel may write from another process.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import argon2
 
-from maildir import create_maildir
+from maildir import create_maildir, quota
 from server.addresses import (
     Address,
     AddressError,
@@ -118,9 +119,12 @@ class AccountStore:
         self.min_password_length = min_password_length
         self.hasher = hasher or argon2.PasswordHasher()
         self._local = threading.local()
+
+    @functools.cached_property
+    def _dummy_hash(self) -> str:
         # Verifying against this when the user does not exist keeps failed logins equally slow
         # whether or not the address exists, so timing does not reveal mailbox names.
-        self._dummy_hash = self.hasher.hash("mailstead-timing-equaliser")
+        return self.hasher.hash("mailstead-timing-equaliser")
 
     @classmethod
     def from_config(cls, config) -> AccountStore:
@@ -268,8 +272,6 @@ class AccountStore:
                 if value is not None:
                     conn.execute(f"UPDATE users SET {column}=? WHERE id=?", (int(value), user.id))
         if quota_bytes is not None:
-            from maildir import quota
-
             quota.invalidate(user.maildir)
         return self._existing_user(address)
 

@@ -53,6 +53,7 @@ class SMTPProtocol(SMTP):
         self._greeted = False
         self._in_helo = False
         super().__init__(handler, **kwargs)
+        self._last_data = self.loop.time()
 
     # --- identity and lifetime ---
 
@@ -94,7 +95,17 @@ class SMTPProtocol(SMTP):
             self._writer.write(f"{reply}\r\n".encode("ascii"))
             self.transport.close()
 
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        super().data_received(data)
+
     def _timeout_cb(self) -> None:
+        # aiosmtpd arms its timer per command, so a large message arriving slowly would be cut
+        # off mid-DATA. The timeout we want is silence: re-arm while bytes keep coming.
+        silent = self.loop.time() - self._last_data
+        if silent < self._timeout_duration:
+            self._reset_timeout(self._timeout_duration - silent)
+            return
         log.info("conn=%s idle timeout", self.conn_id)
         self.close_with(replies.TIMEOUT)
 

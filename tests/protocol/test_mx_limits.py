@@ -285,3 +285,22 @@ def test_tls_handshake_garbage_does_not_kill_server(mx):
         c.starttls(ctx)
         assert c.cmd("NOOP")[0] == 250
         assert isinstance(c.sock, ssl.SSLSocket)
+
+
+def test_slow_but_steady_data_is_not_cut_off(fresh):
+    """The timeout is for silence, not for a large message arriving slowly."""
+    fresh.append_config("[smtp]\nidle_timeout = 1")
+    fresh.add_user("slow@example.test")
+    fresh.start()
+    with session(fresh.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        c.cmd("RCPT TO:<slow@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: slow\r\n\r\n")
+        for i in range(10):  # 2.5 s in all, never silent for 1 s
+            time.sleep(0.25)
+            c.send(b"line %d\r\n" % i)
+        c.send(b".\r\n")
+        assert c.reply()[0] == 250
+    assert len(fresh.messages("slow@example.test")) == 1
