@@ -368,6 +368,25 @@ def test_refusals_are_one_line(inst, cli, argv, stdin, fragments):
     assert [u.address for u in _store(inst).list_users()] == ["alice@example.com"]
 
 
+@pytest.mark.parametrize("command", ["add", "set"])
+def test_huge_quota_refused_cleanly(inst, cli, command):
+    # parse_size accepts any number of digits; SQLite integers stop at 2**63 - 1.
+    c = str(inst)
+    if command == "set":
+        assert cli("-c", c, "user", "add", "alice@example.com", "--password-stdin",
+                   stdin=PASSWORD).code == 0
+    argv = ["-c", c, "user", command, "alice@example.com", "--quota", "99999999T"]
+    if command == "add":
+        argv.append("--password-stdin")
+    try:
+        code = cli(*argv, stdin=PASSWORD).code
+    except SystemExit as exit_:  # refusing it as a usage error is fine too
+        code = exit_.code
+    assert code in (1, 2)
+    user = _store(inst).get_user("alice@example.com")
+    assert user is None if command == "add" else user.quota_bytes == 0
+
+
 def test_no_database_yet(tmp_path, cli):
     config = tmp_path / "m.toml"
     config.write_text(f'[server]\nhostname = "mail.example.com"\ndata_dir = "{tmp_path}"\n')
