@@ -234,6 +234,16 @@ def test_listen_clash(first, second):
     assert "clashes with [listen] mx" in problem
 
 
+@pytest.mark.parametrize(
+    ("wildcard", "specific"), [("0.0.0.0:25", "127.0.0.1:25"), ("[::]:25", "[::1]:25")])
+def test_listen_clash_with_explicit_wildcard(wildcard, specific):
+    # 0.0.0.0 and :: are the wildcard written out: binding 127.0.0.1:25 after 0.0.0.0:25
+    # fails with EADDRINUSE, so the config must say so at load, like it does for "*".
+    problem = _only_problem(f'[listen]\nmx = "{wildcard}"\nsubmission = "{specific}"\n')
+    assert problem.startswith("[listen] submission: ")
+    assert "clashes with [listen] mx" in problem
+
+
 def test_same_port_on_different_addresses_is_fine():
     config = _parse('[listen]\nmx = "127.0.0.1:25"\nsubmission = "127.0.0.2:25"\n')
     assert set(config.listeners()) == {"mx", "submission"}
