@@ -296,6 +296,15 @@ def test_delete_alias(store):
         store.delete_alias("team@example.com")
 
 
+def test_delete_alias_destination_as_it_was_added(store):
+    # The destination is normalised when stored (domain lower-cased / IDNA), so the same text
+    # the alias was added with must find it again.
+    store.add_alias("team@example.com", ["Friend@Elsewhere.Example", "x@bücher.example"])
+    store.delete_alias("team@example.com", "Friend@Elsewhere.Example")
+    store.delete_alias("team@example.com", "x@bücher.example")
+    assert store.list_aliases() == []
+
+
 # --- resolution ---
 
 
