@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shutil
 import sqlite3
 import threading
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS aliases (
 # made them, both reach the admins.
 ROLE_ADDRESSES = ("postmaster", "abuse")
 MAX_ALIAS_DEPTH = 8
+MAX_QUOTA = 2**62  # SQLite integers are 64-bit signed; no disk is near this
 
 
 class AccountError(Exception):
@@ -219,6 +221,7 @@ class AccountStore:
                  quota_bytes: int = 0) -> User:
         local, domain = self._new_address(address)
         self._check_password(password)
+        _check_quota(quota_bytes)
         pw_hash = self.hasher.hash(password)
         rel = f"{domain}/{local}"
         with self._write() as conn:
@@ -266,6 +269,8 @@ class AccountStore:
     def update_user(self, address: str, *, admin: bool | None = None,
                     quota_bytes: int | None = None, disabled: bool | None = None) -> User:
         user = self._existing_user(address)
+        if quota_bytes is not None:
+            _check_quota(quota_bytes)
         changes = {"is_admin": admin, "quota_bytes": quota_bytes, "disabled": disabled}
         with self._write() as conn:
             for column, value in changes.items():
@@ -278,18 +283,20 @@ class AccountStore:
     def delete_user(self, address: str, *, purge: bool = False) -> Path | None:
         """Delete a mailbox. Its Maildir is moved aside (returned) unless ``purge``."""
         user = self._existing_user(address)
+        dest = None
+        # The Maildir goes first: if that fails the account is intact, never an account gone
+        # with its mail still in place for the next mailbox of the same name to inherit.
+        if user.maildir.exists():
+            if purge:
+                shutil.rmtree(user.maildir)
+            else:
+                # Keep the mail (a deleted mailbox is often a mistake), out of the way.
+                stamp = f"{int(time.time())}.{secrets.token_hex(4)}"
+                dest = self.mail_root.parent / "deleted" / user.domain / f"{user.local}.{stamp}"
+                make_private_dir(dest.parent)
+                user.maildir.rename(dest)
         with self._write() as conn:
             conn.execute("DELETE FROM users WHERE id=?", (user.id,))
-        if not user.maildir.exists():
-            return None
-        if purge:
-            shutil.rmtree(user.maildir)
-            return None
-        # Keep the mail (a deleted mailbox is often a mistake), but out of the way so a new
-        # mailbox of the same name starts empty.
-        dest = self.mail_root.parent / "deleted" / user.domain / f"{user.local}.{int(time.time())}"
-        make_private_dir(dest.parent)
-        user.maildir.rename(dest)
         return dest
 
     def authenticate(self, address: str, password: str) -> User | None:
@@ -321,15 +328,7 @@ class AccountStore:
             local, domain = "", _domain(source[1:])
         else:
             local, domain = self._new_address(source)
-        dests = []
-        for dest in destinations:
-            try:
-                addr = parse_address(dest)
-            except AddressError as err:
-                raise AccountError(f"invalid destination {dest!r}: {err}") from None
-            if addr.is_literal:
-                raise AccountError(f"invalid destination {dest!r}: address literals not allowed")
-            dests.append(addr.key if self.is_local_domain(addr.domain) else str(addr))
+        dests = [self._destination(dest) for dest in destinations]
         with self._write() as conn:
             self._require_domain(conn, domain)
             if local and self._user_row(conn, local, domain):
@@ -343,8 +342,8 @@ class AccountStore:
         local, domain = ("", _domain(source[1:])) if source.startswith("@") else _split(source)
         sql, args = "DELETE FROM aliases WHERE local=? AND domain=?", [local, domain]
         if destination is not None:
-            sql += " AND destination IN (?, ?)"
-            args += [destination, destination.lower()]
+            sql += " AND destination=?"
+            args.append(self._destination(destination))
         with self._write() as conn:
             if conn.execute(sql, args).rowcount == 0:
                 raise AccountError(f"no such alias {source}" +
@@ -422,6 +421,16 @@ class AccountStore:
         except AddressError as err:
             raise AccountError(str(err)) from None
 
+    def _destination(self, dest: str) -> str:
+        """An alias destination as stored: local ones case-folded, external ones normalised."""
+        try:
+            addr = parse_address(dest)
+        except AddressError as err:
+            raise AccountError(f"invalid destination {dest!r}: {err}") from None
+        if addr.is_literal:
+            raise AccountError(f"invalid destination {dest!r}: address literals not allowed")
+        return addr.key if self.is_local_domain(addr.domain) else str(addr)
+
     def _require_domain(self, conn: sqlite3.Connection, domain: str) -> None:
         if not conn.execute("SELECT 1 FROM domains WHERE name=?", (domain,)).fetchone():
             raise AccountError(f"{domain} is not a local domain; add it with "
@@ -452,6 +461,11 @@ class AccountStore:
         return User(id=row["id"], local=row["local"], domain=row["domain"],
                     maildir=self.mail_root / row["maildir"], quota_bytes=row["quota_bytes"],
                     is_admin=bool(row["is_admin"]), disabled=bool(row["disabled"]))
+
+
+def _check_quota(quota_bytes: int) -> None:
+    if not 0 <= quota_bytes < MAX_QUOTA:
+        raise AccountError(f"quota must be between 0 (none) and {MAX_QUOTA - 1} bytes")
 
 
 def _domain(name: str) -> str:

@@ -17,10 +17,11 @@ MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
 
-_ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\x80-\U0010ffff]+")
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# RFC 6531 §3.3 extends atext with UTF-8; surrogates (undecodable bytes) are not UTF-8.
+_ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\x80-\ud7ff\ue000-\U0010ffff]+")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # Mailbox names we create: plain, unambiguous, safe as a directory name.
-_MAILBOX_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.))*(?<!\.)$")
+_MAILBOX_LOCAL = re.compile(r"[a-z0-9](?:[a-z0-9_-]|\.(?!\.))*(?<!\.)")
 
 
 class AddressError(ValueError):
@@ -73,7 +74,7 @@ def normalize_domain(text: str) -> str:
         raise AddressError(f"domain longer than {MAX_DOMAIN} octets")
     labels = name.split(".")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise AddressError(f"invalid domain {text!r}")
     if labels[-1].isdigit():
         raise AddressError(f"invalid domain {text!r}: top-level label is numeric")
@@ -107,8 +108,8 @@ def _parse_local(text: str) -> str:
                 i += 1
             elif ch == '"':
                 raise AddressError("unescaped quote in quoted local part")
-            if ord(ch) < 32 or ord(ch) == 127:
-                raise AddressError("control character in local part")
+            if ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF:
+                raise AddressError("control character or invalid UTF-8 in local part")
             out.append(ch)
             i += 1
         return "".join(out)
@@ -119,20 +120,29 @@ def _parse_local(text: str) -> str:
 
 def parse_address(text: str) -> Address:
     """Parse an RFC 5321 Mailbox (no angle brackets), e.g. ``alice@Example.TEST``."""
-    if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH:
-        raise AddressError(f"address longer than {MAX_PATH} octets")
     at = text.rfind("@[") if text.endswith("]") else text.rfind("@")
     if at <= 0 or at == len(text) - 1:
         raise AddressError(f"{text!r} is not of the form local@domain")
     local_text, domain_text = text[:at], text[at + 1 :]
     local = _parse_local(local_text)
-    if not local or len(local.encode("utf-8", "surrogateescape")) > MAX_LOCAL_PART:
+    if not local or _octets(local) > MAX_LOCAL_PART:
         raise AddressError(f"local part must be 1 to {MAX_LOCAL_PART} octets")
+    if any(ch.isspace() for ch in domain_text):
+        raise AddressError(f"white space in domain {domain_text!r}")
     if domain_text.startswith("["):
         domain = _parse_literal(domain_text)
     else:
         domain = normalize_domain(domain_text)
-    return Address(local, domain)
+    address = Address(local, domain)
+    # RFC 5321 §4.5.3.1.3: the path, angle brackets included, is at most 256 octets. Checked
+    # on the normalised form (IDNA can make a domain longer) so every parsed address re-parses.
+    if _octets(str(address)) > MAX_PATH - 2:
+        raise AddressError(f"address longer than {MAX_PATH - 2} octets")
+    return address
+
+
+def _octets(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def split_tag(local: str, delimiter: str) -> tuple[str, str | None]:
@@ -151,7 +161,7 @@ def validate_mailbox_local(local: str) -> str:
     plus-address delimiter, and must survive every client and every peer MTA unquoted.
     """
     lowered = local.lower()
-    if len(lowered) > MAX_LOCAL_PART or not _MAILBOX_LOCAL.match(lowered):
+    if len(lowered) > MAX_LOCAL_PART or not _MAILBOX_LOCAL.fullmatch(lowered):
         raise AddressError(
             f"invalid mailbox name {local!r}: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 64 characters"

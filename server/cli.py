@@ -67,7 +67,10 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text.strip())
     if not m:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 0, 500M, 2G)")
-    return int(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower())
+    size = int(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower())
+    if size >= 2**62:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too large")
+    return size
 
 
 # --- init ---

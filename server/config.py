@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,8 @@ def _int_range(lo: int, hi: int | None = None):
 
 
 def _positive_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
         raise ValueError(f"must be a positive number of seconds, got {value!r}")
     return float(value)
 
@@ -361,6 +363,11 @@ def _load_section(name: str, cls: type, table: Any, problems: list[str]) -> Any:
         return cls()
 
 
+def _any(host: str | None) -> bool:
+    """True for an address that binds every interface (and so clashes with any other)."""
+    return host is None or ipaddress.ip_address(host).is_unspecified
+
+
 def parse_config(text: str, path: Path) -> Config:
     """Parse and validate config ``text`` as if read from ``path``."""
     try:
@@ -381,7 +388,7 @@ def parse_config(text: str, path: Path) -> Config:
         if addr is None:
             continue
         for (host, port), other in seen.items():
-            if port == addr.port and (host == addr.host or host is None or addr.host is None):
+            if port == addr.port and (host == addr.host or _any(host) or _any(addr.host)):
                 problems.append(f"[listen] {svc}: {addr} clashes with [listen] {other}")
         seen[(addr.host, addr.port)] = svc
     if problems:

@@ -55,6 +55,8 @@ def delivered_to(address: str) -> bytes:
 
 def count_received(message: bytes, limit: int) -> int:
     """Received headers in the header section, counting at most ``limit + 1``."""
+    if message.startswith(b"\r\n"):
+        return 0  # no header section at all
     end = message.find(b"\r\n\r\n")
     header = (message if end < 0 else message[: end + 2]).lower()
     count = 1 if header.startswith(b"received:") else 0

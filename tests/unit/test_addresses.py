@@ -186,12 +186,13 @@ def test_local_part_limit():
 
 
 def test_path_limit():
+    # RFC 5321 §4.5.3.1.3: 256 octets for the path, angle brackets included.
     domain = ".".join(["d" * 63, "d" * 63, "d" * 60, "example"])  # 197 octets
-    local = "a" * (MAX_PATH - len(domain) - 1)
+    local = "a" * (MAX_PATH - 2 - len(domain) - 1)
     text = f"{local}@{domain}"
-    assert len(text) == MAX_PATH
+    assert len(f"<{text}>") == MAX_PATH
     assert parse_address(text).domain == domain
-    with pytest.raises(AddressError, match="longer than 256"):
+    with pytest.raises(AddressError, match="longer than 254"):
         parse_address("x" + text)
 
 
