@@ -423,12 +423,7 @@ class AccountStore:
 
     def _destination(self, dest: str) -> str:
         """An alias destination as stored: local ones case-folded, external ones normalised."""
-        try:
-            addr = parse_address(dest)
-        except AddressError as err:
-            raise AccountError(f"invalid destination {dest!r}: {err}") from None
-        if addr.is_literal:
-            raise AccountError(f"invalid destination {dest!r}: address literals not allowed")
+        addr = _parse(dest, "destination")
         return addr.key if self.is_local_domain(addr.domain) else str(addr)
 
     def _require_domain(self, conn: sqlite3.Connection, domain: str) -> None:
@@ -475,11 +470,16 @@ def _domain(name: str) -> str:
         raise AccountError(str(err)) from None
 
 
-def _split(address: str) -> tuple[str, str]:
+def _parse(address: str, what: str = "address") -> Address:
     try:
         addr = parse_address(address)
     except AddressError as err:
-        raise AccountError(f"invalid address {address!r}: {err}") from None
+        raise AccountError(f"invalid {what} {address!r}: {err}") from None
     if addr.is_literal:
-        raise AccountError(f"invalid address {address!r}: address literals not allowed")
+        raise AccountError(f"invalid {what} {address!r}: address literals not allowed")
+    return addr
+
+
+def _split(address: str) -> tuple[str, str]:
+    addr = _parse(address)
     return addr.local.lower(), addr.domain
