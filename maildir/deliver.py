@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maildir._fsutil import fsync_dir, unlink_quiet
 from maildir.naming import new_unique_name
+from maildir.safeio import fsync_dir, unlink_quiet
 
 # maildir.html: "A delivery program ... should delete a file in tmp that has not been
 # accessed in 36 hours" -- a crashed writer's leftovers.

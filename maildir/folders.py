@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from maildir._fsutil import fsync_dirs
+from maildir.safeio import fsync_dirs
 
 INBOX = "INBOX"
 SEPARATOR = "."

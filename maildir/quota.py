@@ -20,8 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from maildir._fsutil import write_file_atomic
 from maildir.naming import new_unique_name, parse_name
+from maildir.safeio import write_file_atomic
 
 MAILDIRSIZE = "maildirsize"
 

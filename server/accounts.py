@@ -23,6 +23,7 @@ from pathlib import Path
 import argon2
 
 from maildir import create_maildir, quota
+from maildir.safeio import make_private_dir
 from server.addresses import (
     Address,
     AddressError,
@@ -31,7 +32,6 @@ from server.addresses import (
     split_tag,
     validate_mailbox_local,
 )
-from server.safeio import make_private_dir
 
 SCHEMA_VERSION = 1
 SCHEMA = """

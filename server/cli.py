@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from maildir.safeio import atomic_write, make_private_dir
 from server import dkimkeys
 from server.accounts import AccountError, AccountStore
 from server.addresses import AddressError, normalize_domain
@@ -26,7 +27,6 @@ from server.config import (
     parse_nameservers,
     render_config,
 )
-from server.safeio import atomic_write, make_private_dir
 from server.tlscert import describe_certificate, make_self_signed
 
 DEFAULT_CONFIG = "/etc/mailstead/mailstead.toml"

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.safeio import atomic_write, make_private_dir
+from maildir.safeio import atomic_write, make_private_dir
 
 RSA_BITS = 2048
 

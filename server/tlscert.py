@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server.safeio import atomic_write, make_private_dir
+from maildir.safeio import atomic_write, make_private_dir
 
 SELF_SIGNED_DAYS = 825  # the longest validity Apple clients accept for a TLS server certificate
 

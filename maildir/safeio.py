@@ -1,13 +1,16 @@
-"""Durability helpers shared by the maildir modules (private).
+"""Durable file operations, for the maildir modules and for every other file mailstead keeps
+(config, keys, certificates).
 
 A rename or a new directory entry is only on disk once the *directory* holding it has been
 fsynced; fsyncing the file alone persists its data, not its name.  Every module that creates
-or renames something the user must not lose goes through these two functions.
+or renames something the user must not lose goes through these functions (the pattern of
+chasquid's ``internal/safeio``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,3 +58,25 @@ def unlink_quiet(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    write_file_atomic(path, data, path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.chmod(path, mode)  # after the rename: never more open than 0600 meanwhile
+
+
+def make_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` (and missing parents, with ``mode``) durably."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=mode)
+        fsync_dir(d.parent)
