@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS aliases (
 """
 
 # RFC 5321 §4.5.1 requires postmaster at every domain; RFC 2142 asks for abuse. Unless the owner
-# made them, both reach the admins.
+# made them as mailboxes or aliases, both reach the admins.
 ROLE_ADDRESSES = ("postmaster", "abuse")
 MAX_ALIAS_DEPTH = 8
 MAX_QUOTA = 2**62  # SQLite integers are 64-bit signed; no disk is near this
@@ -82,6 +82,10 @@ class UnknownRecipient(AccountError):
 
 
 class MailboxDisabled(AccountError):
+    pass
+
+
+class AliasLoop(AccountError):
     pass
 
 
@@ -130,12 +134,21 @@ class AccountStore:
 
     @classmethod
     def from_config(cls, config) -> AccountStore:
+        store = cls(config.db_path, config.mail_root)
+        store.apply_config(config)
+        return store
+
+    def apply_config(self, config) -> None:
+        """Take the ``[accounts]`` settings (at start and on reload)."""
         acc = config.accounts
+        self.recipient_delimiter = acc.recipient_delimiter
+        self.min_password_length = acc.min_password_length
         hasher = argon2.PasswordHasher(
             time_cost=acc.argon2_time_cost, memory_cost=acc.argon2_memory_kib,
             parallelism=acc.argon2_parallelism, type=argon2.Type.ID)
-        return cls(config.db_path, config.mail_root, recipient_delimiter=acc.recipient_delimiter,
-                   min_password_length=acc.min_password_length, hasher=hasher)
+        if _params(hasher) != _params(self.hasher):
+            self.hasher = hasher
+            self.__dict__.pop("_dummy_hash", None)
 
     # --- connection ---
 
@@ -247,7 +260,7 @@ class AccountStore:
             addr = parse_address(address)
         except AddressError:
             return None
-        row = self._user_row(self._conn(), addr.local.lower(), addr.domain)
+        row = self._user_row(self._conn(), addr.folded_local, addr.domain)
         return self._user(row) if row else None
 
     def list_users(self, domain: str | None = None) -> list[User]:
@@ -303,7 +316,7 @@ class AccountStore:
         """The user if ``password`` is theirs and the mailbox is enabled, else None."""
         try:
             addr = parse_address(address)
-            row = self._user_row(self._conn(), addr.local.lower(), addr.domain)
+            row = self._user_row(self._conn(), addr.folded_local, addr.domain)
         except AddressError:
             row = None
         stored = row["password"] if row else self._dummy_hash
@@ -360,14 +373,14 @@ class AccountStore:
         """The mailboxes and external addresses mail to ``addr`` goes to.
 
         Raises NotLocal (not one of our domains), UnknownRecipient, or MailboxDisabled.
-        Order: exact mailbox or alias, then the address without its +tag, then the domain's
-        catch-all, then the role addresses (postmaster, abuse) which fall back to the admins.
+        Order: exact mailbox or alias, then the address without its +tag, then the role
+        addresses (postmaster, abuse) to the admins, then the domain's catch-all.
         """
         if addr.is_literal or not self.is_local_domain(addr.domain):
             raise NotLocal(f"{addr.domain} is not a local domain")
         mailboxes: dict[int, User] = {}
         external: list[str] = []
-        self._expand(addr.local.lower(), addr.domain, mailboxes, external, {addr.key}, 0)
+        self._expand(addr.folded_local, addr.domain, mailboxes, external, {addr.key}, 0)
         if not mailboxes and not external:
             raise UnknownRecipient(f"no mailbox {addr.key}")
         return Resolution(tuple(mailboxes.values()), tuple(external))
@@ -389,25 +402,29 @@ class AccountStore:
             if dests:
                 self._follow(dests, mailboxes, external, seen, depth)
                 return
+        if base in ROLE_ADDRESSES:
+            # Before the catch-all: postmaster must always reach someone who runs the server
+            # (RFC 5321 §4.5.1), even when the catch-all forwards elsewhere.
+            admins = conn.execute("SELECT * FROM users WHERE is_admin=1 AND disabled=0").fetchall()
+            for row in admins:
+                mailboxes.setdefault(row["id"], self._user(row))
+            if admins:
+                return
         dests = self._alias_dests(conn, "", domain)
         if dests:
             self._follow(dests, mailboxes, external, seen, depth)
-            return
-        if base in ROLE_ADDRESSES:
-            for row in conn.execute("SELECT * FROM users WHERE is_admin=1 AND disabled=0"):
-                mailboxes.setdefault(row["id"], self._user(row))
 
     def _follow(self, dests: list[str], mailboxes: dict[int, User], external: list[str],
                 seen: set[str], depth: int) -> None:
         if depth >= MAX_ALIAS_DEPTH:
-            raise AccountError("alias chain too deep")
+            raise AliasLoop("alias chain too deep")
         for dest in dests:
             if dest in seen:
                 continue  # an alias loop; every member is already being delivered
             seen.add(dest)
             addr = parse_address(dest)
             if self.is_local_domain(addr.domain):
-                self._expand(addr.local.lower(), addr.domain, mailboxes, external, seen,
+                self._expand(addr.folded_local, addr.domain, mailboxes, external, seen,
                              depth + 1)
             elif dest not in external:
                 external.append(dest)
@@ -458,6 +475,10 @@ class AccountStore:
                     is_admin=bool(row["is_admin"]), disabled=bool(row["disabled"]))
 
 
+def _params(hasher: argon2.PasswordHasher) -> tuple:
+    return (hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.type)
+
+
 def _check_quota(quota_bytes: int) -> None:
     if not 0 <= quota_bytes < MAX_QUOTA:
         raise AccountError(f"quota must be between 0 (none) and {MAX_QUOTA - 1} bytes")
@@ -482,4 +503,4 @@ def _parse(address: str, what: str = "address") -> Address:
 
 def _split(address: str) -> tuple[str, str]:
     addr = _parse(address)
-    return addr.local.lower(), addr.domain
+    return addr.folded_local, addr.domain

@@ -1,9 +1,12 @@
 """E-mail address parsing and normalisation (RFC 5321 §4.1.2 Mailbox, RFC 6531 for UTF-8).
 
 Pure functions, no I/O. Two rules every caller relies on:
-- the domain is compared case-insensitively, as IDNA A-labels, without a trailing dot;
-- the local part is compared case-insensitively too (``Alice@`` and ``alice@`` are one mailbox),
-  which is what users expect even though RFC 5321 §2.4 lets a server treat them apart.
+- the domain is compared case-insensitively, as IDNA 2008 A-labels (UTS 46 mapping, as
+  browsers and mail clients do), without a trailing dot;
+- the local part is compared ASCII-case-insensitively (``Alice@`` and ``alice@`` are one
+  mailbox), which is what users expect even though RFC 5321 §2.4 lets a server treat them
+  apart. Only ASCII letters fold: Unicode case rules would make e.g. the Kelvin sign "K" equal
+  to "k" and let look-alike addresses reach a mailbox.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 # RFC 5321 §4.5.3.1.1-3: size limits of the parts.
 MAX_LOCAL_PART = 64
@@ -40,12 +45,24 @@ class Address:
         return self.domain.startswith("[")
 
     @property
+    def folded_local(self) -> str:
+        return fold_local(self.local)
+
+    @property
     def key(self) -> str:
         """The case-insensitive form used to look the address up."""
-        return f"{self.local.lower()}@{self.domain}"
+        return f"{self.folded_local}@{self.domain}"
 
     def __str__(self) -> str:
         return f"{quote_local(self.local)}@{self.domain}"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_local(local: str) -> str:
+    """Lower-case the ASCII letters of a local part, and nothing else."""
+    return local.translate(_ASCII_LOWER)
 
 
 def quote_local(local: str) -> str:
@@ -66,9 +83,9 @@ def normalize_domain(text: str) -> str:
         raise AddressError("empty domain")
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as err:
-            raise AddressError(f"invalid internationalised domain {text!r}") from err
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as err:
+            raise AddressError(f"invalid internationalised domain {text!r}: {err}") from None
     name = name.lower()
     if len(name) > MAX_DOMAIN:
         raise AddressError(f"domain longer than {MAX_DOMAIN} octets")
@@ -160,10 +177,65 @@ def validate_mailbox_local(local: str) -> str:
     Stricter than RFC 5321 on purpose: the name becomes a directory, must not contain the
     plus-address delimiter, and must survive every client and every peer MTA unquoted.
     """
-    lowered = local.lower()
+    lowered = fold_local(local)
     if len(lowered) > MAX_LOCAL_PART or not _MAILBOX_LOCAL.fullmatch(lowered):
         raise AddressError(
             f"invalid mailbox name {local!r}: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 64 characters"
         )
     return lowered
+
+
+def parse_path(text: str, *, allow_postmaster: bool = False) -> tuple[str, str]:
+    """Parse an SMTP path argument (RFC 5321 §4.1.2) into ``(mailbox, parameters)``.
+
+    ``mailbox`` is the normalised ``local@domain``, ``""`` for the null path ``<>``, or
+    ``"Postmaster"`` for ``<Postmaster>`` when ``allow_postmaster`` (RCPT, §4.1.1.3). A source
+    route (``<@a,@b:user@c>``) is checked and dropped, as §4.1.1.3 and Appendix C require.
+    Angle brackets may be missing, as many clients send them so. Unlike RFC 5322 header parsing
+    there are no comments, no folding and no encoded words here.
+    """
+    text = text.lstrip(" ")
+    bracketed = text.startswith("<")
+    if bracketed:
+        end = _closing_bracket(text)
+        inner, rest = text[1:end], text[end + 1 :]
+    else:
+        inner, _, rest = text.partition(" ")
+        rest = " " + rest if rest else ""
+    if rest and not rest.startswith(" "):
+        raise AddressError("expected a space between the path and its parameters")
+    if inner.startswith("@"):
+        route, colon, inner = inner.partition(":")
+        if not colon:
+            raise AddressError("source route without ':'")
+        for hop in route.split(","):
+            if not hop.startswith("@") or len(hop) < 2:
+                raise AddressError(f"invalid source route {route!r}")
+            if hop[1] == "[":
+                _parse_literal(hop[1:])
+            else:
+                normalize_domain(hop[1:])
+    if not inner:
+        if bracketed and not text[1:].startswith("@"):
+            return "", rest.strip()
+        raise AddressError("empty path")
+    if allow_postmaster and inner.lower() == "postmaster":
+        return "Postmaster", rest.strip()
+    return str(parse_address(inner)), rest.strip()
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the ``>`` closing ``text[0] == "<"``, skipping quoted strings."""
+    quoted = escaped = False
+    for i in range(1, len(text)):
+        ch = text[i]
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            return i
+    raise AddressError("missing '>'")

@@ -253,6 +253,9 @@ class SMTPSection:
     max_errors: int = option(
         10, "Error replies a connection may get before it is closed with 421 4.7.0; "
         "stops address harvesting and confused clients looping.", _int_range(1, 1000))
+    max_connections: int = option(
+        1000, "Simultaneous connections per SMTP service; more are answered 421 4.7.0 and "
+        "closed, so a flood cannot exhaust memory.", _int_range(1, 100000))
     shutdown_grace: float = option(
         30.0, "On SIGTERM, seconds to let transactions in progress finish before closing.",
         _positive_float)

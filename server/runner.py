@@ -15,12 +15,12 @@ import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from maildir import cleanup_tmp, folder_path, list_folders
 from server.accounts import AccountStore
 from server.config import Config, ConfigError, load_config
-from server.dnsresolve import make_resolver
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
-from server.tlscert import reload_certificate, server_context
+from server.tlscert import server_context
 
 log = logging.getLogger("mailstead")
 
@@ -63,12 +63,11 @@ class Daemon:
             raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
                                " (run 'mailstead init' first)")
         self.accounts.initialise()
-        resolver = make_resolver(self.config.dns)
         for name, addr in self.config.listeners().items():
             if name not in IMPLEMENTED:
                 log.warning("%s on %s: not part of this version yet; not started", name, addr)
                 continue
-            handler = MXHandler(self.config, self.accounts, resolver, self.executor)
+            handler = MXHandler(self.config, self.accounts, self.executor)
             self.handlers.append(handler)
             self.listeners.append(SMTPListener(name, addr, handler, self.config, self.tls))
         for listener in self.listeners:
@@ -88,10 +87,15 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", err)
             return
         try:
-            reload_certificate(self.tls, new.cert_file, new.key_file)
+            # A fresh context, swapped in only once it loaded: loading into the live one would
+            # leave it half-changed (new certificate, old key) if the pair does not match.
+            self.tls = server_context(new.cert_file, new.key_file)
         except (OSError, ssl.SSLError) as err:
             log.error("reload: cannot load certificate %s: %s; keeping the old one",
                       new.cert_file, err)
+        for listener in self.listeners:
+            listener.tls_context = self.tls
+        self.accounts.apply_config(new)
         if new.listeners() != self.config.listeners():
             log.warning("reload: [listen] changes take effect at the next restart")
         for obj in (*self.listeners, *self.handlers):
@@ -109,17 +113,41 @@ class Daemon:
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         self.accounts.close()
 
+    async def clean_tmp_forever(self) -> None:
+        """Remove what crashed writers left in the Maildirs' tmp/ (after 36 h, as the
+        Maildir spec says), at start and twice a day."""
+        while True:
+            try:
+                removed = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, clean_all_tmp, self.accounts)
+                if removed:
+                    log.info("removed %d stale file(s) from Maildir tmp/ directories", removed)
+            except Exception:
+                log.exception("cleaning Maildir tmp/ directories failed")
+            await asyncio.sleep(12 * 3600)
+
     async def serve(self) -> int:
         await self.start()
+        cleaner = asyncio.create_task(self.clean_tmp_forever())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.stopping.wait()
         log.info("shutting down")
+        cleaner.cancel()
         await self.stop()
         log.info("stopped")
         return 0
+
+
+def clean_all_tmp(accounts: AccountStore) -> int:
+    removed = 0
+    for user in accounts.list_users():
+        if user.maildir.is_dir():
+            for name in ["INBOX", *list_folders(user.maildir)]:
+                removed += cleanup_tmp(folder_path(user.maildir, name))
+    return removed
 
 
 def run(config: Config) -> int:

@@ -57,17 +57,13 @@ def make_self_signed(hostname: str, cert_file: Path, key_file: Path) -> None:
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A server context with our certificate; ``reload_certificate`` swaps it in place."""
+    """A server context with our certificate. On reload a new one replaces it for new
+    connections; open connections keep the one they started with."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
-
-
-def reload_certificate(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
-    """Load a new certificate into a live context: new handshakes use it, open ones carry on."""
-    ctx.load_cert_chain(cert_file, key_file)
 
 
 def describe_certificate(cert_file: Path) -> str:

@@ -31,8 +31,10 @@ class SMTPListener:
     def update_config(self, config: Config) -> None:
         self.config = config
 
-    def _protocol(self) -> SMTPProtocol:
+    def _protocol(self) -> asyncio.Protocol:
         smtp = self.config.smtp
+        if len(self.connections) >= smtp.max_connections:
+            return _Refuse(self.name)
         return SMTPProtocol(
             self.handler,
             max_errors=smtp.max_errors,
@@ -69,7 +71,27 @@ class SMTPListener:
                     conn.close_with(replies.SHUTTING_DOWN)
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            log.warning("conn=%s still in a transaction at shutdown; closing", conn.conn_id)
+            if not conn.delivering:
+                log.warning("conn=%s still in a transaction at shutdown; closing", conn.conn_id)
+                conn.close_with(replies.SHUTTING_DOWN)
+        # A message already being written is finished and acknowledged, not cut off (the
+        # client would retry a message that was stored: a duplicate). Writing is bounded.
+        while any(conn.delivering for conn in self.connections):
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
             conn.close_with(replies.SHUTTING_DOWN)
         if self.server is not None:
             await self.server.wait_closed()
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers a connection over the limit with 421 (RFC 5321 §3.1) and hangs up."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        log.warning("%s: connection limit reached, refusing %s", self.name,
+                    transport.get_extra_info("peername"))
+        transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode("ascii"))
+        transport.close()

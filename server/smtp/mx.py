@@ -11,15 +11,17 @@ only then answers 250.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 from concurrent.futures import Executor
+from pathlib import Path
 
 from maildir import Delivery, DeliveryError, deliver, quota
 from server import accounts as acc
 from server.addresses import AddressError, parse_address
 from server.config import Config
-from server.dnsresolve import verified_reverse_name
+from server.dnsresolve import make_resolver, verified_reverse_name
 from server.smtp import replies, trace
 from server.smtp.replies import SMTPError, smtp_hook
 
@@ -34,14 +36,15 @@ _RELAY_CHARS = set("%!@:")
 
 
 class MXHandler:
-    def __init__(self, config: Config, accounts: acc.AccountStore, resolver, executor: Executor):
+    def __init__(self, config: Config, accounts: acc.AccountStore, executor: Executor):
         self.config = config
         self.accounts = accounts
-        self.resolver = resolver
+        self.resolver = make_resolver(config.dns)
         self.executor = executor
 
     def update_config(self, config: Config) -> None:
         self.config = config
+        self.resolver = make_resolver(config.dns)
 
     # --- greeting ---
 
@@ -126,6 +129,9 @@ class MXHandler:
         except acc.UnknownRecipient:
             log.info("conn=%s rcpt=<%s> unknown user", server.conn_id, address)
             raise SMTPError(replies.UNKNOWN_USER) from None
+        except acc.AliasLoop:
+            log.warning("conn=%s rcpt=<%s> alias chain too deep", server.conn_id, address)
+            raise SMTPError(replies.TOO_MANY_HOPS, "Alias chain too deep") from None
 
     @staticmethod
     def _refuse(server, address: str, why: str):
@@ -147,13 +153,15 @@ class MXHandler:
     async def handle_DATA(self, server, session, envelope) -> str:
         data: bytes = envelope.original_content
         txn_id = f"{server.conn_id}.{server.transactions}"
+        reply = replies.LOCAL_ERROR
         try:
             reply = await self._deliver(server, session, envelope, data, txn_id)
         except SMTPError as err:
             reply = err.reply
-        log.info("conn=%s id=%s from=<%s> rcpts=%d mailboxes=%d size=%d result=%s",
-                 server.conn_id, txn_id, envelope.sender, len(envelope.rcpt_tos),
-                 len(envelope.mailboxes), len(data), f"{reply.code} {reply.enhanced}")
+        finally:
+            log.info("conn=%s id=%s from=<%s> rcpts=%d mailboxes=%d size=%d result=%s",
+                     server.conn_id, txn_id, envelope.sender, len(envelope.rcpt_tos),
+                     len(envelope.mailboxes), len(data), f"{reply.code} {reply.enhanced}")
         return str(reply)
 
     async def _deliver(self, server, session, envelope, data: bytes,
@@ -176,20 +184,20 @@ class MXHandler:
             head = (trace.return_path(envelope.sender) + trace.delivered_to(user.address)
                     + trace.received(recipient=rcpt, **received_args))
             deliveries.append(Delivery(user.maildir, (head, data)))
+        quota_roots = [user.maildir if user.quota_bytes else None for user, _ in users]
         loop = asyncio.get_running_loop()
+        server.delivering = True
         try:
-            await loop.run_in_executor(self.executor, deliver, deliveries,
-                                       self.config.server.hostname)
+            await loop.run_in_executor(self.executor, deliver_and_count, deliveries,
+                                       quota_roots, self.config.server.hostname)
         except DeliveryError as err:
             code = err.errno or getattr(err.__cause__, "errno", None)
             log.error("conn=%s id=%s delivery failed: %s", server.conn_id, txn_id, err)
             if code in (errno.ENOSPC, errno.EDQUOT):
                 raise SMTPError(replies.INSUFFICIENT_STORAGE) from None
             raise SMTPError(replies.LOCAL_ERROR) from None
-        for delivery, (user, _) in zip(deliveries, users, strict=True):
-            if user.quota_bytes:
-                size = sum(len(c) for c in delivery.chunks)
-                await loop.run_in_executor(self.executor, quota.record, user.maildir, size, 1)
+        finally:
+            server.delivering = False
         return replies.DELIVERED.with_text(f"Ok: delivered as {txn_id}")
 
     def _received_args(self, server, session, envelope, txn_id: str) -> dict:
@@ -207,6 +215,25 @@ class MXHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("unexpected SMTP error", exc_info=error)
         return str(replies.LOCAL_ERROR)
+
+
+def deliver_and_count(deliveries: list[Delivery], quota_roots: list[Path | None],
+                      hostname: str) -> None:
+    """Deliver every copy (all or nothing), then add each to its mailbox's quota usage.
+
+    Runs in a worker thread. Once ``deliver`` returns the message is stored, so nothing after
+    it may fail the transaction: a 451 now would make the sender retry and duplicate it.
+    ``maildirsize`` is only a cache, recalculated when it looks wrong.
+    """
+    deliver(deliveries, hostname)
+    for delivery, root in zip(deliveries, quota_roots, strict=True):
+        if root is not None:
+            try:
+                quota.record(root, sum(len(c) for c in delivery.chunks), 1)
+            except OSError as err:
+                log.warning("quota usage of %s not updated (%s); invalidating it", root, err)
+                with contextlib.suppress(OSError):
+                    quota.invalidate(root)
 
 
 def _declared_size(mail_options: list[str]) -> int:

@@ -1,24 +1,27 @@
 """aiosmtpd's SMTP protocol with the few things its handler hooks cannot reach.
 
 All mail behaviour lives in handler classes (``mx.MXHandler``). This subclass only:
+- parses MAIL/RCPT paths by RFC 5321 instead of aiosmtpd's RFC 5322 header parser;
 - adds RFC 3463 enhanced status codes to the replies aiosmtpd writes itself;
 - counts error replies and ends the connection with 421 after ``max_errors`` (a client that
   keeps failing is guessing addresses or looping);
 - answers 421 before closing on idle timeout and at shutdown, instead of a silent hang-up;
-- refuses AUTH with 503 where the service offers none (the MX);
+- refuses AUTH with 503 where the service offers none (the MX), and STARTTLS out of order;
 - keeps one connection id across STARTTLS (aiosmtpd makes a new Session then, per RFC 3207 §4.2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
 import time
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
+from server.addresses import AddressError, parse_path
 from server.smtp import replies
 
 log = logging.getLogger("mailstead.smtp")
@@ -50,8 +53,14 @@ class SMTPProtocol(SMTP):
         self.auth_enabled = auth_enabled
         self.registry = registry
         self.reverse_name_task: asyncio.Task | None = None
+        self.delivering = False  # the handler is writing a message: shutdown waits for it
         self._greeted = False
         self._in_helo = False
+        self._in_mail = False
+        self._close_after_transaction = False
+        # aiosmtpd keeps this dict on the class and grows it per EHLO, so one client's EHLOs
+        # would raise every other connection's MAIL line limit; each connection gets its own.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         super().__init__(handler, **kwargs)
         self._last_data = self.loop.time()
 
@@ -115,14 +124,57 @@ class SMTPProtocol(SMTP):
         if isinstance(status, bytes):
             status = status.decode("utf-8", "surrogateescape")
         if self._greeted and not self._in_helo:
+            if self._in_mail and status.startswith("553 5.1.3"):
+                status = str(replies.BAD_SENDER_SYNTAX)  # aiosmtpd says 5.1.3 for both paths
             status = "\r\n".join(replies.add_enhanced_code(line) for line in status.split("\r\n"))
         self._greeted = True
         await super().push(status)
-        if status[:1] in ("4", "5") and not status.startswith("421"):
+        # Only permanent failures count: 4xx are our own conditions (full, too many recipients)
+        # and must not end a transaction that is otherwise going well.
+        if status.startswith("5"):
             self.errors += 1
             if self.errors >= self.max_errors:
-                log.info("conn=%s too many errors (%d), closing", self.conn_id, self.errors)
-                self.close_with(replies.TOO_MANY_ERRORS)
+                self._close_after_transaction = True
+        if self._close_after_transaction and not (self.in_transaction and self.envelope.rcpt_tos):
+            # Never while recipients are accepted: the message for them would be lost.
+            log.info("conn=%s too many errors (%d), closing", self.conn_id, self.errors)
+            self.close_with(replies.TOO_MANY_ERRORS)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses paths with RFC 5322 header rules: comments, folding white space and
+        # RFC 2047 encoded words that SMTP does not have ("<=?utf-8?q?a?=@x>" would become
+        # "a@x"). RFC 5321 §4.1.2 syntax instead, so the handler acts on what the client sent.
+        if not arg or not arg.strip():
+            return "", ""
+        try:
+            mailbox, rest = parse_path(arg, allow_postmaster=True)
+        except AddressError as err:
+            log.info("conn=%s bad path %r: %s", self.conn_id, arg[:300], err)
+            return None, None
+        return mailbox or "<>", rest
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        self._in_mail = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._in_mail = False
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # RFC 3207 §4.2
+            await self.push(str(replies.BAD_SEQUENCE.with_text("TLS already active")))
+            return
+        if not self.session.host_name:
+            await self.push(str(replies.BAD_SEQUENCE.with_text("Send EHLO first")))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # Scanners and broken clients do this all day; one line, no traceback.
+            log.info("conn=%s TLS handshake failed: %s", self.conn_id, error.__cause__)
+            return str(replies.LOCAL_ERROR)
+        return await super().handle_exception(error)
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._in_helo = True

@@ -42,16 +42,15 @@ class SMTPError(Exception):
 
 
 # 2xx
-OK = Reply(250, "2.0.0", "Ok")
 SENDER_OK = Reply(250, "2.1.0", "Sender ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
 DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
-BYE = Reply(221, "2.0.0", "Bye")
 
 # 4xx: temporary, the client retries
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 NO_FORWARDING_YET = Reply(
     451, "4.3.0", "Forwarding to external addresses is not available yet, try again later"
@@ -62,7 +61,6 @@ MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
 # 5xx: permanent
-SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Authentication not enabled on this service")
 BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Sender address malformed")
@@ -70,12 +68,10 @@ BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Recipient address malformed")
 UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 BARE_LINE_END = Reply(
     550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 §2.3.8)"
 )
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops, mail loop suspected")
-PARAM_NOT_IMPLEMENTED = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
 
 # aiosmtpd writes some replies itself, without enhanced codes; ``add_enhanced_code`` adds the
 # class-appropriate one by reply code (RFC 3463 §3.5 for the 5.5.x protocol family).

@@ -142,3 +142,36 @@ def test_refuses_to_start_without_certificate(fresh):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "[tls] cert_file/key_file: cannot load" in proc.stderr
+
+
+def test_sighup_with_mismatched_certificate_keeps_serving_the_old_one(fresh, tmp_path):
+    fresh.start()
+    before = _peer_cert(fresh.mx_port)
+    # A new certificate without its new key: what a reload mid-renewal would see.
+    other = tmp_path / "other"
+    other.mkdir()
+    make_self_signed("mail3.example.test", other / "cert.pem", other / "key.pem")
+    (fresh.data_dir / "tls" / "cert.pem").write_bytes((other / "cert.pem").read_bytes())
+    fresh.signal(signal.SIGHUP)
+    log = fresh.wait_for_log("reloaded")
+    assert "cannot load certificate" in log
+    after = _peer_cert(fresh.mx_port)  # handshakes still work, with the old certificate
+    assert after.serial_number == before.serial_number
+
+
+def test_sighup_applies_account_settings(fresh):
+    fresh.add_user("tagged@example.test")
+    fresh.start()
+    msg = b"Subject: tag\r\n\r\nx\r\n"
+    with RawSMTP(fresh.mx_port) as c:
+        c.reply()
+        c.cmd("EHLO a.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        assert c.cmd("RCPT TO:<tagged-news@example.test>")[0] == 550
+    text = fresh.config_path.read_text()
+    fresh.config_path.write_text(
+        text.replace("[accounts]\n", '[accounts]\nrecipient_delimiter = "-"\n', 1))
+    fresh.signal(signal.SIGHUP)
+    fresh.wait_for_log("reloaded")
+    assert fresh.send("tagged-news@example.test", msg, starttls=False) == {}
+    assert len(fresh.messages("tagged@example.test")) == 1

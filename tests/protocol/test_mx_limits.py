@@ -304,3 +304,131 @@ def test_slow_but_steady_data_is_not_cut_off(fresh):
         c.send(b".\r\n")
         assert c.reply()[0] == 250
     assert len(fresh.messages("slow@example.test")) == 1
+
+
+def test_recipient_limit_does_not_end_the_transaction(fresh):
+    """452 for recipients over the limit is not an error to count: the accepted ones get it."""
+    fresh.append_config("[smtp]\nmax_recipients = 5\nmax_errors = 3")
+    fresh.add_user("many@example.test")
+    fresh.start()
+    with session(fresh.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        codes = [c.cmd(f"RCPT TO:<many+{i}@example.test>")[0] for i in range(12)]
+        assert codes == [250] * 5 + [452] * 7
+        assert c.cmd("DATA")[0] == 354
+        c.send(MSG + b".\r\n")
+        assert c.reply()[0] == 250
+    assert len(fresh.messages("many@example.test")) == 1
+
+
+def test_error_limit_waits_for_the_transaction_to_end(fresh):
+    """Unknown recipients count as errors, but a transaction with accepted recipients is
+    finished before the connection is closed, so their message is not lost."""
+    fresh.append_config("[smtp]\nmax_errors = 3")
+    fresh.add_user("kept@example.test")
+    fresh.start()
+    with session(fresh.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        assert c.cmd("RCPT TO:<kept@example.test>")[0] == 250
+        assert [c.cmd(f"RCPT TO:<gone{i}@example.test>")[0] for i in range(5)] == [550] * 5
+        assert c.cmd("DATA")[0] == 354
+        c.send(MSG + b".\r\n")
+        assert c.reply()[0] == 250
+        code, text = c.reply()
+        assert (code, text[0][:5]) == (421, "4.7.0")
+        assert c.closed()
+    assert len(fresh.messages("kept@example.test")) == 1
+
+
+def test_connection_limit(fresh):
+    fresh.append_config("[smtp]\nmax_connections = 2")
+    fresh.start()
+    first, second = session(fresh.mx_port), session(fresh.mx_port)
+    with RawSMTP(fresh.mx_port) as third:
+        code, text = third.reply()
+        assert (code, text[0][:5]) == (421, "4.7.0")
+        assert third.closed()
+    first.close()
+    time.sleep(0.2)
+    with session(fresh.mx_port) as fourth:  # room again
+        assert fourth.cmd("NOOP")[0] == 250
+    second.close()
+
+
+def test_command_line_limit_is_per_connection(mx):
+    """aiosmtpd grows a class-wide MAIL length limit per EHLO; ours stays per connection."""
+    with session(mx.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        with session(mx.mx_port) as other:
+            for _ in range(20):
+                other.cmd("EHLO other.remote.test")
+        long_mail = "MAIL FROM:<" + "a" * 60 + "@" + "b" * 530 + ".test>"
+        assert c.cmd(long_mail)[0] == 500
+
+
+@pytest.mark.parametrize("path", ["<=?utf-8?q?enc?=@example.test>", "<enc(comment)@example.test>",
+                                  "<enc @example.test>", "<enc@ example.test>"])
+def test_paths_are_smtp_not_rfc5322(mx, path):
+    """No comments, folding or encoded words in SMTP paths: each is refused or taken
+    literally, never delivered to a mailbox it only decodes to."""
+    if mx.accounts.get_user("enc@example.test") is None:
+        mx.add_user("enc@example.test")
+    with session(mx.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        assert c.cmd(f"RCPT TO:{path}")[0] in (550, 553)
+
+
+def test_malformed_sender_gets_5_1_7(mx):
+    with session(mx.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        code, text = c.cmd("MAIL FROM:<bob@@remote.test>")
+    assert (code, text[0][:5]) == (553, "5.1.7")
+
+
+def test_starttls_out_of_order(mx):
+    with session(mx.mx_port) as c:
+        code, text = c.cmd("STARTTLS")  # before EHLO
+        assert (code, text[0][:5]) == (503, "5.5.1")
+        c.cmd("EHLO client.remote.test")
+        assert c.cmd("STARTTLS")[0] == 220
+        c.starttls(mx.tls_context())
+        c.cmd("EHLO client.remote.test")
+        code, text = c.cmd("STARTTLS")  # RFC 3207 §4.2: not twice
+        assert (code, text[0][:5]) == (503, "5.5.1")
+        assert c.cmd("NOOP")[0] == 250
+
+
+def test_failed_handshake_is_one_log_line(mx):
+    with session(mx.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("STARTTLS")
+        c.send(b"\x16\x03\x01garbage that is not a client hello\r\n")
+        assert c.closed()
+    log = mx.wait_for_log("TLS handshake failed")
+    assert "Traceback" not in log
+
+
+def test_rename_phase_failure_leaves_nothing(fresh):
+    """The second mailbox's new/ cannot take the file: the first mailbox's copy, already
+    renamed into its new/, is removed again and the client gets 451."""
+    ok = fresh.add_user("first@example.test")
+    broken = fresh.add_user("second@example.test")
+    (broken.maildir / "new").rmdir()
+    (broken.maildir / "new").write_text("not a directory")
+    fresh.start()
+    with session(fresh.mx_port) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<bob@remote.test>")
+        c.cmd("RCPT TO:<first@example.test>")
+        c.cmd("RCPT TO:<second@example.test>")
+        c.cmd("DATA")
+        c.send(MSG + b".\r\n")
+        code, text = c.reply()
+        assert (code, text[0][:5]) == (451, "4.3.0")
+    for user in (ok, broken):
+        for sub in ("new", "cur", "tmp"):
+            path = user.maildir / sub
+            assert not path.is_dir() or list(path.iterdir()) == []

@@ -29,7 +29,7 @@ TRICKS = [
     ("<postmaster@remote.test>", "554 5.7.1"),
     ("<victim@remote.test@example.test>", "553 5.1.3"),
     ("<victim@example.test@remote.test>", "553 5.1.3"),
-    ("<victim@remote.test.>", "553 5.1.3"),
+    ("<victim@remote.test.>", "554 5.7.1"),
     ("<victim@>", "553 5.1.3"),
 ]
 

@@ -432,8 +432,16 @@ def test_role_address_alias_wins_over_admins(people):
     assert _resolve(people, "abuse@example.com") == (["carol@example.com"], [])
 
 
-def test_catch_all_wins_over_admin_fallback(people):
+def test_admins_win_over_catch_all_for_role_addresses(people):
+    # RFC 5321 §4.5.1: postmaster must reach whoever runs the server, even when the catch-all
+    # sends the rest of the domain elsewhere.
     people.add_user("carol@example.com", PASSWORD, admin=True)
+    people.add_alias("@example.com", ["bob@example.com"])
+    assert _resolve(people, "postmaster@example.com") == (["carol@example.com"], [])
+    assert _resolve(people, "anyone@example.com") == (["bob@example.com"], [])
+
+
+def test_catch_all_takes_role_addresses_without_admins(people):
     people.add_alias("@example.com", ["bob@example.com"])
     assert _resolve(people, "postmaster@example.com") == (["bob@example.com"], [])
 
@@ -531,3 +539,20 @@ def test_two_threads_share_one_store(store):
     assert len(store.list_users()) == 16
     for prefix in ("a", "b"):
         assert len(_resolve(store, f"{prefix}-team@example.com")[0]) == 8
+
+
+def test_alias_chain_too_deep_is_a_typed_error(store):
+    from server.accounts import MAX_ALIAS_DEPTH, AliasLoop
+
+    for i in range(MAX_ALIAS_DEPTH + 1):
+        store.add_alias(f"hop{i}@example.com", [f"hop{i + 1}@example.com"])
+    with pytest.raises(AliasLoop):
+        store.resolve(parse_address("hop0@example.com"))
+
+
+def test_database_is_in_wal_mode_and_private(store):
+    import sqlite3
+
+    mode = sqlite3.connect(store.db_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert store.db_path.stat().st_mode & 0o777 == 0o600

@@ -14,6 +14,7 @@ from server.addresses import (
     AddressError,
     normalize_domain,
     parse_address,
+    parse_path,
     quote_local,
     split_tag,
     validate_mailbox_local,
@@ -283,3 +284,60 @@ def test_parse_address_property(text):
     assert parse_address(str(addr)) == addr
     assert str(parse_address(str(addr))) == str(addr)
     assert addr.key == f"{addr.local.lower()}@{addr.domain}"
+
+
+# --- IDNA 2008 and case folding ---
+
+
+def test_idna_2008_keeps_sharp_s():
+    # IDNA 2003 (Python's "idna" codec) maps ß to ss: a different domain.
+    assert normalize_domain("straße.test") == "xn--strae-oqa.test"
+
+
+def test_only_ascii_letters_fold():
+    kelvin = "\u212aate@example.test"  # KELVIN SIGN, lower-cases to "k" under Unicode rules
+    assert parse_address(kelvin).key != "kate@example.test"
+    assert parse_address("KATE@example.test").key == "kate@example.test"
+
+
+# --- SMTP paths (RFC 5321 §4.1.2) ---
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<>", ("", "")),
+    ("<Alice@Example.TEST>", ("Alice@example.test", "")),
+    ("<a@b.test> SIZE=10 BODY=8BITMIME", ("a@b.test", "SIZE=10 BODY=8BITMIME")),
+    ("a@b.test", ("a@b.test", "")),
+    ("a@b.test SIZE=1", ("a@b.test", "SIZE=1")),
+    ("<@x.test,@[192.0.2.1]:u@r.test>", ("u@r.test", "")),
+    ('<"a>b c"@x.test>', ('"a>b c"@x.test', "")),
+    ("<=?utf-8?q?demo?=@example.test>", ("=?utf-8?q?demo?=@example.test", "")),
+])
+def test_parse_path(text, expected):
+    assert parse_path(text) == expected
+
+
+def test_parse_path_postmaster():
+    assert parse_path("<postMaster>", allow_postmaster=True) == ("Postmaster", "")
+    with pytest.raises(AddressError):
+        parse_path("<postmaster>")
+
+
+@pytest.mark.parametrize("text", [
+    "", "<", "<a@b.test", "<a@b.test>x", "<a(c)@b.test>", "<a @b.test>", "<a@ b.test>",
+    "<@:u@x.test>", "<@x.test u@y.test>", "<@bad_domain:u@x.test>", "<a@b.test@c.test>",
+    "<a\r\nb@x.test>",
+])
+def test_parse_path_rejects(text):
+    with pytest.raises(AddressError):
+        parse_path(text)
+
+
+@given(st.text(max_size=80))
+def test_parse_path_never_crashes(text):
+    try:
+        mailbox, _ = parse_path(text, allow_postmaster=True)
+    except AddressError:
+        return
+    if mailbox and mailbox != "Postmaster":
+        assert str(parse_address(mailbox)) == mailbox
