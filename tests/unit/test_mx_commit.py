@@ -19,7 +19,7 @@ def test_quota_bookkeeping_failure_does_not_fail_delivery(tmp_path):
     (root / "maildirsize" / "x").write_text("keeps rmdir from succeeding")
     deliver_and_count([Delivery(root, (MSG,))], [root], "mail.example.test")
     box = mailbox.Maildir(root, factory=None, create=False)
-    assert [box.get_bytes(k) for k in box] == [MSG]
+    assert [box.get_bytes(k) for k in box.iterkeys()] == [MSG]
 
 
 def test_quota_usage_is_counted(tmp_path):
