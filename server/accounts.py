@@ -429,6 +429,17 @@ class AccountStore:
             elif dest not in external:
                 external.append(dest)
 
+    def owns(self, user: User, address: str) -> bool:
+        """May ``user`` send as ``address``? Yes for their own address, its plus-addresses,
+        and any local address (alias, catch-all, role address) that delivers to them."""
+        try:
+            addr = parse_address(address)
+            if addr.is_literal or not self.is_local_domain(addr.domain):
+                return False
+            return any(m.id == user.id for m in self.resolve(addr).mailboxes)
+        except (AddressError, AccountError):
+            return False
+
     # --- helpers ---
 
     def _new_address(self, address: str) -> tuple[str, str]:

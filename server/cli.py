@@ -9,7 +9,9 @@ import argparse
 import getpass
 import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 from maildir.safeio import atomic_write, make_private_dir
@@ -115,7 +117,7 @@ def cmd_init(args) -> int:
     if domain not in store.list_domains():
         store.add_domain(domain)
     store.close()
-    key = dkimkeys.generate(config.dkim_dir, domain)
+    key = dkimkeys.generate(config.dkim_dir, domain, ed25519=config.dkim.ed25519)
     if not config.cert_file.exists():
         make_self_signed(hostname, config.cert_file, config.key_file)
     atomic_write(config_path, text, mode=0o640)
@@ -229,7 +231,7 @@ def cmd_alias_delete(args) -> int:
 def cmd_domain_add(args) -> int:
     config = _config(args)
     domain = _store(args).add_domain(args.domain)
-    key = dkimkeys.generate(config.dkim_dir, domain)
+    key = dkimkeys.generate(config.dkim_dir, domain, ed25519=config.dkim.ed25519)
     print(f"added {domain}; DKIM key {key.record_name}")
     return 0
 
@@ -257,6 +259,75 @@ def cmd_dkim_show(args) -> int:
             # Zone-file form: one TXT record made of 255-byte character-strings.
             strings = " ".join(f'"{part}"' for part in key.txt_strings())
             print(f"{key.record_name}. IN TXT ( {strings} )")
+    return 0
+
+
+# --- outbound queue ---
+
+
+def _spool(args):
+    from server.queue.spool import Spool
+
+    return Spool(_config(args).queue_dir)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def cmd_queue_list(args) -> int:
+    messages = _spool(args).list()
+    for msg in messages:
+        pending = msg.pending()
+        last = next((r.last_error for r in pending if r.last_error), "")
+        print(f"{msg.id}  <{msg.sender}>  {len(pending)}/{len(msg.recipients)} pending  "
+              f"attempts {msg.attempts}  next {_when(msg.next_attempt)}")
+        for rcpt in pending:
+            print(f"    {rcpt.address}")
+        if last:
+            print(f"    last error: {last}")
+    print(f"{len(messages)} message(s) queued")
+    return 0
+
+
+def cmd_queue_show(args) -> int:
+    spool = _spool(args)
+    try:
+        msg = spool.get(args.id)
+    except (KeyError, ValueError):
+        raise CLIError(f"no queued message {args.id!r}") from None
+    print(f"id:        {msg.id}\nsender:    <{msg.sender}>\norigin:    {msg.origin}")
+    print(f"queued:    {_when(msg.created)}\nattempts:  {msg.attempts}\n"
+          f"next try:  {_when(msg.next_attempt)}\nsize:      {msg.size}")
+    for rcpt in msg.recipients:
+        print(f"  {rcpt.address}: {rcpt.status}, {rcpt.attempts} attempt(s)"
+              + (f", last: {rcpt.last_error}" if rcpt.last_error else ""))
+    if args.message:
+        sys.stdout.write(spool.read_message(msg.id).decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_queue_delete(args) -> int:
+    try:
+        removed = _spool(args).remove(args.id)
+    except ValueError:
+        removed = False
+    if not removed:
+        raise CLIError(f"no queued message {args.id!r}")
+    print(f"deleted {args.id} (no bounce is sent)")
+    return 0
+
+
+def cmd_queue_flush(args) -> int:
+    config = _config(args)
+    pidfile = config.data_path("mailstead.pid")
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        raise CLIError(f"mailstead is not running (no live process in {pidfile}); "
+                       "the queue is retried when it starts") from None
+    print(f"asked mailstead (pid {pid}) to retry every queued message now")
     return 0
 
 
@@ -335,6 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     dd = dsub.add_parser("delete", help="delete a domain with no mailboxes or aliases")
     dd.add_argument("domain")
     dd.set_defaults(func=cmd_domain_delete)
+
+    queue = sub.add_parser("queue", help="the outbound queue")
+    qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    qsub.add_parser("list", help="queued messages, recipients, attempts, next try, last error"
+                    ).set_defaults(func=cmd_queue_list)
+    qs = qsub.add_parser("show", help="one queued message in detail")
+    qs.add_argument("id")
+    qs.add_argument("--message", action="store_true", help="print the message too")
+    qs.set_defaults(func=cmd_queue_show)
+    qd = qsub.add_parser("delete", help="drop a queued message (no bounce)")
+    qd.add_argument("id")
+    qd.set_defaults(func=cmd_queue_delete)
+    qsub.add_parser("flush", help="retry every queued message now").set_defaults(
+        func=cmd_queue_flush)
 
     dkim = sub.add_parser("dkim", help="DKIM signing keys")
     ksub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")

@@ -85,6 +85,28 @@ def _positive_float(value: Any) -> float:
     return float(value)
 
 
+def _non_negative_float(value: Any) -> float:
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _positive_float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _relay(value: Any) -> Listen | None:
+    text = _string(value).strip()
+    if not text:
+        return None
+    host, port = parse_host_port(text, default_port=587)
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    return Listen(host, port)
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
@@ -237,6 +259,28 @@ class DNSSection:
 class OutboundSection:
     mx_port: int = option(25, "TCP port of remote MX hosts for outbound delivery "
                           "(tests point it at a loopback sink).", _int_range(1, 65535))
+    relay: Listen | None = option(
+        None, 'Smarthost "host:port" to send all outbound mail through, for networks that '
+        "block port 25; empty = deliver directly to each domain's MX.", _relay)
+    relay_username: str = option("", "Login for the smarthost (AUTH PLAIN/LOGIN over TLS).",
+                                 _string)
+    relay_password: str = option("", "Password for the smarthost.", _string)
+    relay_tls: str = option(
+        "starttls", "TLS to the smarthost: starttls (port 587), tls (implicit, port 465).",
+        _choice("starttls", "tls"))
+    workers: int = option(20, "Deliveries in progress at once.", _int_range(1, 1000))
+    connect_timeout: float = option(30.0, "Seconds to connect to a remote MX.", _positive_float)
+    expiry: float = option(
+        5 * 86400.0, "Seconds a message is retried before it bounces (default 5 days).",
+        _positive_float)
+    delay_warning: float = option(
+        4 * 3600.0, "Seconds after which the sender is told a message is delayed; 0 = never.",
+        _non_negative_float)
+    https_port: int = option(443, "TCP port for fetching MTA-STS policies (tests point it at "
+                             "loopback).", _int_range(1, 65535))
+    ca_file: str = option(
+        "", "Extra CA certificates (PEM) trusted for outbound TLS and MTA-STS, besides the "
+        "system's (tests use a private CA).", _string)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +303,23 @@ class SMTPSection:
     shutdown_grace: float = option(
         30.0, "On SIGTERM, seconds to let transactions in progress finish before closing.",
         _positive_float)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionSection:
+    reveal_client_ip: bool = option(
+        False, "Put the sending client's IP address and HELO name in the Received header of "
+        "submitted mail. Off: recipients do not learn where the sender was.", _bool)
+    auth_failure_delay: float = option(
+        1.0, "Seconds of delay after the third failed login in 15 minutes from one IP or for "
+        "one account, doubling with each further failure (capped at 30 s).", _positive_float)
+
+
+@dataclass(frozen=True, slots=True)
+class DKIMSection:
+    ed25519: bool = option(
+        False, "Also sign with an Ed25519 key (RFC 8463), as a second signature beside "
+        "RSA-2048.", _bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +349,8 @@ SECTIONS: dict[str, type] = {
     "dns": DNSSection,
     "outbound": OutboundSection,
     "smtp": SMTPSection,
+    "submission": SubmissionSection,
+    "dkim": DKIMSection,
     "accounts": AccountsSection,
     "log": LogSection,
 }
@@ -302,6 +365,8 @@ class Config:
     dns: DNSSection
     outbound: OutboundSection
     smtp: SMTPSection
+    submission: SubmissionSection
+    dkim: DKIMSection
     accounts: AccountsSection
     log: LogSection
 
@@ -323,6 +388,10 @@ class Config:
     @property
     def dkim_dir(self) -> Path:
         return self.data_path("dkim")
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_path("queue")
 
     @property
     def cert_file(self) -> Path:
@@ -444,7 +513,7 @@ def render_config(hostname: str, data_dir: Path, listen: dict[str, str],
     return "\n".join(lines) + "\n"
 
 
-_KIND_NAMES = {str: "string", int: "integer", float: "number", Path: "path",
+_KIND_NAMES = {str: "string", int: "integer", float: "number", Path: "path", bool: "boolean",
                tuple[str, ...]: "list of strings"}
 
 

@@ -2,29 +2,40 @@
 
 SIGTERM/SIGINT stop it cleanly: listeners stop accepting, idle connections get 421, transactions
 in progress get ``[smtp] shutdown_grace`` seconds to finish, deliveries in worker threads
-complete, then the process exits 0. SIGHUP re-reads the config file and the certificate; a bad
-new config is logged and the running one kept.
+complete, then the process exits 0. SIGHUP re-reads the config file, the certificate and the
+DKIM keys; a bad new config is logged and the running one kept. SIGUSR1 retries the whole
+outbound queue now (``mailstead queue flush``); the process id is in ``<data_dir>/mailstead.pid``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from maildir import cleanup_tmp, folder_path, list_folders
+from maildir.safeio import atomic_write
 from server.accounts import AccountStore
+from server.authlimit import AuthThrottle
 from server.config import Config, ConfigError, load_config
+from server.dkimsign import DKIMSigner
+from server.dnsresolve import make_resolver
+from server.mtasts import MTASTS
+from server.outbound.queue_runner import OutboundQueue
+from server.queue.spool import Spool
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
-from server.tlscert import server_context
+from server.smtp.submission import SubmissionHandler
+from server.tlscert import reload_certificate, server_context
 
 log = logging.getLogger("mailstead")
 
-IMPLEMENTED = ("mx",)
+IMPLEMENTED = ("mx", "submission", "submissions")
 
 
 class StartupError(Exception):
@@ -35,8 +46,10 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    # aiosmtpd logs every client line at INFO, AUTH payloads included: never let it through.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs every client line at INFO, AUTH payloads included, and warns per
+    # connection about our deliberate implicit-TLS AUTH set-up: only its errors get through.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
 def load_tls(config: Config) -> ssl.SSLContext:
@@ -54,8 +67,14 @@ class Daemon:
         self.accounts = AccountStore.from_config(config)
         self.tls = load_tls(config)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="io")
+        self.spool = Spool(config.queue_dir)
+        self.signer = DKIMSigner(config.dkim_dir, ed25519=config.dkim.ed25519)
+        self.mtasts = MTASTS(make_resolver(config.dns), config.data_path("mta-sts"),
+                             https_port=config.outbound.https_port,
+                             cafile=config.outbound.ca_file or None)
+        self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor, self.mtasts)
         self.listeners: list[SMTPListener] = []
-        self.handlers: list[MXHandler] = []
+        self.handlers: list = []
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -63,13 +82,20 @@ class Daemon:
             raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
                                " (run 'mailstead init' first)")
         self.accounts.initialise()
+        common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake)
+        mx = MXHandler(*common)
+        submission = SubmissionHandler(
+            *common, signer=self.signer,
+            throttle=AuthThrottle(self.config.submission.auth_failure_delay))
+        self.handlers = [mx, submission]
         for name, addr in self.config.listeners().items():
             if name not in IMPLEMENTED:
                 log.warning("%s on %s: not part of this version yet; not started", name, addr)
                 continue
-            handler = MXHandler(self.config, self.accounts, self.executor)
-            self.handlers.append(handler)
-            self.listeners.append(SMTPListener(name, addr, handler, self.config, self.tls))
+            handler = mx if name == "mx" else submission
+            self.listeners.append(SMTPListener(
+                name, addr, handler, self.config, self.tls, submission=name != "mx",
+                implicit_tls=name == "submissions"))
         for listener in self.listeners:
             try:
                 await listener.start()
@@ -87,19 +113,16 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", err)
             return
         try:
-            # A fresh context, swapped in only once it loaded: loading into the live one would
-            # leave it half-changed (new certificate, old key) if the pair does not match.
-            self.tls = server_context(new.cert_file, new.key_file)
+            reload_certificate(self.tls, new.cert_file, new.key_file)
         except (OSError, ssl.SSLError) as err:
             log.error("reload: cannot load certificate %s: %s; keeping the old one",
                       new.cert_file, err)
-        for listener in self.listeners:
-            listener.tls_context = self.tls
         self.accounts.apply_config(new)
         if new.listeners() != self.config.listeners():
             log.warning("reload: [listen] changes take effect at the next restart")
-        for obj in (*self.listeners, *self.handlers):
+        for obj in (*self.listeners, *self.handlers, self.queue):
             obj.update_config(new)
+        self.signer.reload()
         self.config = new
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))
         log.info("reloaded %s", new.path)
@@ -107,8 +130,8 @@ class Daemon:
     async def stop(self) -> None:
         for listener in self.listeners:
             listener.stop_accepting()
-        await asyncio.gather(*(lst.drain(self.config.smtp.shutdown_grace)
-                               for lst in self.listeners))
+        grace = self.config.smtp.shutdown_grace
+        await asyncio.gather(*(lst.drain(grace) for lst in self.listeners), self.queue.stop(grace))
         # Deliveries already handed to worker threads finish before the process exits.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         self.accounts.close()
@@ -128,15 +151,20 @@ class Daemon:
 
     async def serve(self) -> int:
         await self.start()
+        pidfile = self.config.data_path("mailstead.pid")
+        atomic_write(pidfile, f"{os.getpid()}\n", mode=0o644)
         cleaner = asyncio.create_task(self.clean_tmp_forever())
+        self.queue.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.queue.flush()))
         await self.stopping.wait()
         log.info("shutting down")
         cleaner.cancel()
         await self.stop()
+        pidfile.unlink(missing_ok=True)
         log.info("stopped")
         return 0
 

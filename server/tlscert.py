@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -57,13 +58,29 @@ def make_self_signed(hostname: str, cert_file: Path, key_file: Path) -> None:
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A server context with our certificate. On reload a new one replaces it for new
-    connections; open connections keep the one they started with."""
+    """A server context with our certificate, shared by every TLS listener."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+def reload_certificate(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+    """Load a new certificate into the live context: new handshakes use it, open ones carry on.
+
+    The files are read once and the pair is first tried in a throwaway context: loading a
+    mismatched pair (say, read while a renewal is half-written) straight into the live context
+    would leave it with the new certificate and the old key, and every handshake would fail.
+    """
+    cert, key = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="mailstead-tls-") as tmp:
+        snap_cert, snap_key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        snap_cert.write_bytes(cert)
+        snap_key.touch(mode=0o600)
+        snap_key.write_bytes(key)
+        server_context(snap_cert, snap_key)  # raises if the pair is unusable
+        ctx.load_cert_chain(snap_cert, snap_key)
 
 
 def describe_certificate(cert_file: Path) -> str:

@@ -18,13 +18,15 @@ IDENT = "ESMTP mailstead"
 
 class SMTPListener:
     def __init__(self, name: str, listen: Listen, handler, config: Config,
-                 tls_context: ssl.SSLContext | None, *, auth_enabled: bool = False):
+                 tls_context: ssl.SSLContext, *, submission: bool = False,
+                 implicit_tls: bool = False):
         self.name = name
         self.listen = listen
         self.handler = handler
         self.config = config
         self.tls_context = tls_context
-        self.auth_enabled = auth_enabled
+        self.submission = submission
+        self.implicit_tls = implicit_tls
         self.connections: set[SMTPProtocol] = set()
         self.server: asyncio.Server | None = None
 
@@ -39,10 +41,18 @@ class SMTPListener:
             self.handler,
             max_errors=smtp.max_errors,
             registry=self.connections,
-            auth_enabled=self.auth_enabled,
             hostname=self.config.server.hostname,
             ident=IDENT,
-            tls_context=self.tls_context,
+            # Implicit TLS (RFC 8314) is set up by the server socket; no STARTTLS inside it.
+            tls_context=None if self.implicit_tls else self.tls_context,
+            # Submission: AUTH required, offered and accepted only under TLS (RFC 4954 §4);
+            # on the STARTTLS port nothing but EHLO/STARTTLS/NOOP/QUIT before TLS (530 5.7.0).
+            auth_enabled=self.submission,
+            auth_required=self.submission,
+            require_starttls=self.submission and not self.implicit_tls,
+            # aiosmtpd only knows STARTTLS as TLS and would never offer AUTH on an
+            # implicit-TLS socket with this on (aio-libs/aiosmtpd#281); that socket is TLS.
+            auth_require_tls=not self.implicit_tls,
             data_size_limit=smtp.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -53,7 +63,9 @@ class SMTPListener:
     async def start(self) -> None:
         self.server = await asyncio.get_running_loop().create_server(
             self._protocol, host=self.listen.host, port=self.listen.port,
-            reuse_address=True, backlog=512)
+            reuse_address=True, backlog=512,
+            ssl=self.tls_context if self.implicit_tls else None,
+            ssl_handshake_timeout=30 if self.implicit_tls else None)
         log.info("%s listening on %s", self.name, self.listen)
 
     def stop_accepting(self) -> None:

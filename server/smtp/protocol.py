@@ -41,6 +41,7 @@ class MailEnvelope(Envelope):
         super().__init__()
         self.sender: str = ""  # normalised reverse-path, "" for the null sender
         self.mailboxes: dict[int, tuple[object, str]] = {}  # user id -> (User, RCPT address)
+        self.remote: list[str] = []  # addresses that leave through the outbound queue
 
 
 class SMTPProtocol(SMTP):
@@ -93,6 +94,12 @@ class SMTPProtocol(SMTP):
         log.info("conn=%s disconnect errors=%d transactions=%d", self.conn_id, self.errors,
                  self.transactions)
         super().connection_lost(error)
+
+    def tls_cipher(self) -> tuple | None:
+        """(name, protocol, bits) of the TLS in use (STARTTLS or implicit), else None."""
+        if self.transport is None:
+            return None
+        return self.transport.get_extra_info("cipher")
 
     @property
     def in_transaction(self) -> bool:

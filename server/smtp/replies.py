@@ -52,9 +52,6 @@ TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
-NO_FORWARDING_YET = Reply(
-    451, "4.3.0", "Forwarding to external addresses is not available yet, try again later"
-)
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 # RFC 5321 §4.5.3.1.10: 452 tells the client to send the remaining recipients in a new transaction.
@@ -68,6 +65,11 @@ BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Recipient address malformed")
 UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+NOT_YOUR_ADDRESS = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+NO_ADDRESS_LITERALS = Reply(550, "5.1.2", "Address literals are not accepted for delivery")
+NO_FROM_HEADER = Reply(550, "5.6.0", "Message has no From header")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64")
+AUTH_BAD_FORMAT = Reply(501, "5.5.2", "Malformed AUTH PLAIN response")
 BARE_LINE_END = Reply(
     550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 §2.3.8)"
 )

@@ -41,6 +41,17 @@ def received(*, helo: str, reverse_name: str | None, ip: str, by: str, protocol:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
+def received_by(*, by: str, protocol: str, txn_id: str, recipient: str | None,
+                when: float | None = None) -> bytes:
+    """A Received header that does not say where the message came from: for mail submitted
+    by our own users, whose IP address and machine name are nobody else's business."""
+    date = email.utils.formatdate(when, localtime=True)
+    line = f"Received: by {by} (mailstead) with {protocol} id {txn_id}"
+    if recipient:
+        line += f"\r\n\tfor <{recipient}>"
+    return f"{line}; {date}\r\n".encode("utf-8", "surrogateescape")
+
+
 def _clean_comment(text: str) -> str:
     return re.sub(r"[^\x20-\x7e]|[()\\]", "?", text)
 

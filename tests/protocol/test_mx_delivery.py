@@ -115,16 +115,19 @@ def test_disabled_mailbox(mx):
         assert client.rcpt("jim@example.test")[1].startswith(b"5.2.1")
 
 
-def test_external_alias_destination_is_temporary_failure(mx):
+def test_external_alias_destination_is_queued(mx):
     mx.add_user("kim@example.test")
     mx.add_alias("fwd@example.test", "kim@example.test", "kim@elsewhere.test")
     with mx.smtp() as client:
         client.ehlo()
         client.mail("bob@remote.test")
-        code, text = client.rcpt("fwd@example.test")
-    # Kept by the sender and retried, so nothing is lost until forwarding exists.
-    assert (code, text[:5]) == (451, b"4.3.0")
-    assert mx.messages("kim@example.test") == []
+        assert client.rcpt("fwd@example.test")[0] == 250
+        code, text = client.data(MSG)
+        assert code == 250 and b"queued as" in text
+    assert len(mx.messages("kim@example.test")) == 1
+    queued = [m for m in mx.spool().list() if m.recipients[0].address == "kim@elsewhere.test"]
+    assert len(queued) == 1 and queued[0].sender == "bob@remote.test"
+    assert mx.spool().read_message(queued[0].id).endswith(MSG)  # forwarded unchanged
 
 
 def test_null_sender_and_utf8(mx):
@@ -151,7 +154,7 @@ def test_sender_syntax_is_checked(mx):
 def test_transaction_log_line(mx):
     mx.add_user("max@example.test")
     assert mx.send("max@example.test", MSG) == {}
-    log = mx.wait_for_log("from=<bob@remote.test> rcpts=1 mailboxes=1 size=")
+    log = mx.wait_for_log("mx from=<bob@remote.test> rcpts=1 mailboxes=1 remote=0 size=")
     line = [ln for ln in log.splitlines() if "mailboxes=1" in ln][-1]
     assert "conn=" in line and "result=250 2.0.0" in line
 

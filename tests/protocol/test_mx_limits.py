@@ -273,7 +273,7 @@ def test_delivery_failure_is_all_or_nothing(fresh, broken_dir):
         for sub in ("new", "cur", "tmp"):
             path = user.maildir / sub
             assert not path.is_dir() or list(path.iterdir()) == []
-    assert "delivery failed" in fresh.log()
+    assert "storing the message failed" in fresh.log()
 
 
 def test_tls_handshake_garbage_does_not_kill_server(mx):

@@ -25,7 +25,7 @@ from server.config import SERVICES, load_config
 MAILSTEAD = [sys.executable, "-m", "server"]
 PASSWORD = "correct horse battery"
 # The implemented services; the others stay off so the tests see only what exists.
-RUNNING = ("mx",)
+RUNNING = ("mx", "submission", "submissions")
 
 
 def free_port() -> int:
@@ -171,6 +171,36 @@ class Instance:
         client = smtplib.SMTP("127.0.0.1", self.mx_port, local_hostname="client.remote.test",
                               timeout=timeout)
         return client
+
+    @property
+    def submission_port(self) -> int:
+        return self.ports["submission"]
+
+    @property
+    def submissions_port(self) -> int:
+        return self.ports["submissions"]
+
+    def submit(self, user: str, rcpts: list[str] | str, data: bytes, sender: str | None = None,
+               implicit_tls: bool = False) -> dict:
+        """Send as ``user`` through submission (STARTTLS, or implicit TLS) with AUTH."""
+        if isinstance(rcpts, str):
+            rcpts = [rcpts]
+        if implicit_tls:
+            client = smtplib.SMTP_SSL("127.0.0.1", self.submissions_port, timeout=10,
+                                      local_hostname="laptop.example.test",
+                                      context=self.tls_context())
+        else:
+            client = smtplib.SMTP("127.0.0.1", self.submission_port, timeout=10,
+                                  local_hostname="laptop.example.test")
+            client.starttls(context=self.tls_context())
+        with client:
+            client.login(user, PASSWORD)
+            return client.sendmail(sender or user, rcpts, data)
+
+    def spool(self):
+        from server.queue.spool import Spool
+
+        return Spool(self.data_dir / "queue")
 
     def tls_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "cert.pem"))

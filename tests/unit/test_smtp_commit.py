@@ -5,7 +5,7 @@ from __future__ import annotations
 import mailbox
 
 from maildir import Delivery, create_maildir, quota
-from server.smtp.mx import deliver_and_count
+from server.smtp.commit import deliver_and_count
 
 MSG = b"Subject: x\r\n\r\nbody\r\n"
 
