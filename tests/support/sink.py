@@ -44,7 +44,7 @@ class SinkHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.lower() in self.reject:
-            return "550 5.1.1 <%s>: Recipient address rejected: no such user" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: no such user"
         if address.lower() in self.defer:
             return "451 4.3.0 Try again later"
         envelope.rcpt_tos.append(address)
