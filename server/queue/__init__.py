@@ -6,6 +6,7 @@ workers and the ``mailstead queue`` commands are built on this API; the SMTP ser
 ``Spool.add`` (in a worker thread) and answers 250 only after it returns.
 """
 
+from server.queue.dsn import build_dsn, should_bounce, status_of
 from server.queue.spool import (
     DELIVERED,
     FAILED,
@@ -25,5 +26,8 @@ __all__ = [
     "QueuedMessage",
     "Recipient",
     "Spool",
+    "build_dsn",
     "check_id",
+    "should_bounce",
+    "status_of",
 ]
