@@ -7,6 +7,14 @@ workers and the ``mailstead queue`` commands are built on this API; the SMTP ser
 """
 
 from server.queue.dsn import build_dsn, should_bounce, status_of
+from server.queue.schedule import (
+    DEFAULT_DELAY_WARNING,
+    DEFAULT_EXPIRY,
+    RETRY_DELAYS,
+    is_expired,
+    needs_delay_warning,
+    next_delay,
+)
 from server.queue.spool import (
     DELIVERED,
     FAILED,
@@ -19,15 +27,21 @@ from server.queue.spool import (
 )
 
 __all__ = [
+    "DEFAULT_DELAY_WARNING",
+    "DEFAULT_EXPIRY",
     "DELIVERED",
     "FAILED",
     "PENDING",
+    "RETRY_DELAYS",
     "CorruptEnvelopeError",
     "QueuedMessage",
     "Recipient",
     "Spool",
     "build_dsn",
     "check_id",
+    "is_expired",
+    "needs_delay_warning",
+    "next_delay",
     "should_bounce",
     "status_of",
 ]
