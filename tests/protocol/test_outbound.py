@@ -239,3 +239,79 @@ def test_smarthost_certificate_is_verified(tmp_path, dns_server, certs):
     finally:
         inst.stop()
         relay.stop()
+
+
+# --- MTA-STS (RFC 8461) ---
+
+
+POLICY = "version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n"
+
+
+@pytest.fixture
+def sts(tmp_path):
+    """A loopback DNS server and HTTPS policy host for remote.test, with a test CA."""
+    from tests.support.dnsserver import DEFAULT_ZONE, DNSTestServer
+    from tests.support.httpsserver import HTTPSTestServer, TestCA, http_response
+
+    ca = TestCA()
+    ca_file = ca.write(tmp_path / "ca.pem")
+    web_cert = ca.issue(tmp_path, "mta-sts.remote.test")
+    mx_cert = ca.issue(tmp_path, "mx.remote.test")
+    with DNSTestServer(DEFAULT_ZONE) as dns, HTTPSTestServer(*web_cert) as web:
+        dns.set("_mta-sts.remote.test", "TXT", "v=STSv1; id=20261128")
+        dns.set("mta-sts.remote.test", "A", "127.0.0.1")
+
+        def publish(mx: str) -> None:
+            web.response = http_response(POLICY.format(mx=mx).encode())
+
+        yield dns, web, publish, ca_file, mx_cert
+
+
+def sts_instance(tmp_path, dns, port: int, web, ca_file: str) -> Instance:
+    return instance(tmp_path, dns, port,
+                    f'https_port = {web.port}\nca_file = "{ca_file}"\n').start()
+
+
+def test_mta_sts_enforce_delivers_over_verified_tls(tmp_path, sts):
+    dns, web, publish, ca_file, mx_cert = sts
+    publish("mx.remote.test")
+    sink = Sink(tls_cert=mx_cert).start()
+    inst = sts_instance(tmp_path, dns, sink.port, web, ca_file)
+    try:
+        inst.submit("ann@example.test", "bob@remote.test", message(40))
+        [got] = sink.wait_for(1)
+        assert got.tls
+        assert [r.path for r in web.requests] == ["/.well-known/mta-sts.txt"]
+        assert "mta-sts fetch remote.test id=20261128 mode=enforce" in inst.log()
+    finally:
+        inst.stop()
+        sink.stop()
+
+
+def test_mta_sts_enforce_refuses_unverified_certificate(tmp_path, sts, certs):
+    dns, web, publish, ca_file, _ = sts
+    publish("mx.remote.test")
+    sink = Sink(tls_cert=certs).start()  # self-signed: fine opportunistically, not under STS
+    inst = sts_instance(tmp_path, dns, sink.port, web, ca_file)
+    try:
+        inst.submit("ann@example.test", "bob@remote.test", message(41))
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in queue_cli(inst, "list").stdout,
+                   what="a verification failure")
+        assert sink.messages == []  # and never in the clear as a fallback
+    finally:
+        inst.stop()
+        sink.stop()
+
+
+def test_mta_sts_enforce_refuses_mx_not_in_policy(tmp_path, sts):
+    dns, web, publish, ca_file, mx_cert = sts
+    publish("mail.other.test")
+    sink = Sink(tls_cert=mx_cert).start()
+    inst = sts_instance(tmp_path, dns, sink.port, web, ca_file)
+    try:
+        inst.submit("ann@example.test", "bob@remote.test", message(42))
+        wait_until(lambda: "4.7.5" in queue_cli(inst, "list").stdout, what="a policy refusal")
+        assert sink.messages == []
+    finally:
+        inst.stop()
+        sink.stop()
