@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import mailbox
-import os
 import signal
 import smtplib
 import socket
@@ -98,8 +97,9 @@ class Instance:
         return mailbox.Maildir(path, factory=None, create=False)
 
     def messages(self, address: str) -> list[bytes]:
+        """The mailbox's messages in delivery order."""
         box = self.maildir(address)
-        return [box.get_bytes(key) for key in sorted(box.keys())]
+        return [box.get_bytes(key) for key in sorted(box.keys(), key=_delivery_order)]
 
     def parsed(self, address: str) -> list[email.message.Message]:
         return [email.message_from_bytes(m) for m in self.messages(address)]
@@ -217,8 +217,8 @@ class Instance:
             return client.sendmail(sender, rcpts, data)
 
 
-def env_without_proxy() -> dict:
-    env = dict(os.environ)
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        env.pop(key, None)
-    return env
+def _delivery_order(key: str) -> tuple[int, int, str]:
+    # "<sec>.M<usec>P..." : the microseconds are not zero-padded, so sort by the numbers.
+    sec, _, rest = key.partition(".")
+    usec = rest[1:].split("P", 1)[0] if rest.startswith("M") else "0"
+    return int(sec) if sec.isdigit() else 0, int(usec) if usec.isdigit() else 0, key
