@@ -1,21 +1,37 @@
-"""Slowing down password guessing: failed logins per client IP and per account.
+"""Slowing down password guessing: failed logins per client network and per account.
 
 Used by every service that takes a password (submission now; IMAP, POP3 and the admin panel
-later). After ``FREE_FAILURES`` failures within ``WINDOW`` seconds, by one IP or against one
-account, each further failure is answered only after a delay that doubles up to ``MAX_DELAY``.
-Both keys matter: one IP trying many accounts (spraying), many IPs trying one account
-(a botnet). In memory only: a restart forgives, which is fine for a delay.
+later). After ``FREE_FAILURES`` failures within ``WINDOW`` seconds, by one client (an IPv4
+address or an IPv6 /64, what one customer typically gets) or against one account, every further
+login attempt waits before its password is even checked, the wait doubling up to ``MAX_DELAY``.
+Waiting *before* checking matters: if only failures were slowed, a guesser could hang up as soon
+as no quick success came and try again at full speed. Both keys matter: one client trying many
+accounts (spraying), many clients trying one account (a botnet). In memory only: a restart
+forgives, which is fine for a delay.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 
 WINDOW = 15 * 60
 FREE_FAILURES = 2
 MAX_DELAY = 30.0
-_MAX_KEYS = 100_000  # bound memory under a flood of distinct IPs/accounts
+_MAX_KEYS = 100_000  # bound memory under a flood of distinct clients/accounts
+
+
+def client_key(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"ip:{ip}"
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return f"ip:{addr.ipv4_mapped}"
+        return f"net:{ipaddress.ip_network(f'{addr}/64', strict=False)}"
+    return f"ip:{addr}"
 
 
 class AuthThrottle:
@@ -33,23 +49,27 @@ class AuthThrottle:
             del self._failures[key]
         return times
 
-    def failure(self, ip: str, account: str, now: float | None = None) -> float:
-        """Record a failed login; return how long to wait before answering it."""
+    def _keys(self, ip: str, account: str) -> tuple[str, str]:
+        return client_key(ip), f"user:{account}"
+
+    def delay(self, ip: str, account: str, now: float | None = None) -> float:
+        """How long to wait before checking this login attempt."""
+        now = time.monotonic() if now is None else now
+        failures = max(len(self._recent(key, now)) for key in self._keys(ip, account))
+        if failures < FREE_FAILURES:
+            return 0.0
+        return min(self.base_delay * 2 ** (failures - FREE_FAILURES), MAX_DELAY)
+
+    def failure(self, ip: str, account: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if len(self._failures) > _MAX_KEYS:
             self._failures.clear()
-        counts = []
-        for key in (f"ip:{ip}", f"user:{account.lower()}"):
+        for key in self._keys(ip, account):
             times = self._recent(key, now)
             times.append(now)
             self._failures[key] = times
-            counts.append(len(times))
-        excess = max(counts) - FREE_FAILURES
-        if excess <= 0:
-            return 0.0
-        return min(self.base_delay * 2 ** (excess - 1), MAX_DELAY)
 
     def success(self, ip: str, account: str) -> None:
-        """A right password clears the account's record. Not the IP's: an attacker holding one
-        valid account must not be able to reset the counter of the IP it sprays from."""
-        self._failures.pop(f"user:{account.lower()}", None)
+        """A right password clears the account's record. Not the client's: an attacker
+        holding one valid account must not be able to reset the counter it sprays under."""
+        self._failures.pop(f"user:{account}", None)

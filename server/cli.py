@@ -6,6 +6,7 @@ Exit status: 0 done, 1 refused (bad config, unknown user, ...), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import getpass
 import os
 import re
@@ -321,12 +322,21 @@ def cmd_queue_delete(args) -> int:
 def cmd_queue_flush(args) -> int:
     config = _config(args)
     pidfile = config.data_path("mailstead.pid")
+    not_running = CLIError(f"mailstead is not running on {config.data_dir}; "
+                           "the queue is retried when it starts")
     try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError):
-        raise CLIError(f"mailstead is not running (no live process in {pidfile}); "
-                       "the queue is retried when it starts") from None
+        fd = os.open(pidfile, os.O_RDONLY)
+    except FileNotFoundError:
+        raise not_running from None
+    try:
+        # The server holds this lock while it runs; if we can take it, the pid is stale.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        raise not_running
+    except BlockingIOError:
+        pid = int(os.read(fd, 32).decode().strip() or 0)
+    finally:
+        os.close(fd)
+    os.kill(pid, signal.SIGUSR1)
     print(f"asked mailstead (pid {pid}) to retry every queued message now")
     return 0
 

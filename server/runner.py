@@ -10,6 +10,7 @@ outbound queue now (``mailstead queue flush``); the process id is in ``<data_dir
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -19,7 +20,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from maildir import cleanup_tmp, folder_path, list_folders
-from maildir.safeio import atomic_write
 from server.accounts import AccountStore
 from server.authlimit import AuthThrottle
 from server.config import Config, ConfigError, load_config
@@ -69,18 +69,24 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="io")
         self.spool = Spool(config.queue_dir)
         self.signer = DKIMSigner(config.dkim_dir, ed25519=config.dkim.ed25519)
-        self.mtasts = MTASTS(make_resolver(config.dns), config.data_path("mta-sts"),
-                             https_port=config.outbound.https_port,
-                             cafile=config.outbound.ca_file or None)
-        self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor, self.mtasts)
+        self.mtasts = self._mtasts(config)
+        self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor,
+                                   self.mtasts, self.signer)
         self.listeners: list[SMTPListener] = []
         self.handlers: list = []
         self.stopping = asyncio.Event()
+
+    @staticmethod
+    def _mtasts(config: Config) -> MTASTS:
+        return MTASTS(make_resolver(config.dns), config.data_path("mta-sts"),
+                      https_port=config.outbound.https_port,
+                      cafile=config.outbound.ca_file or None)
 
     async def start(self) -> None:
         if not self.config.db_path.exists():
             raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
                                " (run 'mailstead init' first)")
+        self.pid_fd = hold_pidfile(self.config.data_path("mailstead.pid"))
         self.accounts.initialise()
         common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake)
         mx = MXHandler(*common)
@@ -123,6 +129,7 @@ class Daemon:
         for obj in (*self.listeners, *self.handlers, self.queue):
             obj.update_config(new)
         self.signer.reload()
+        self.queue.mtasts = self.mtasts = self._mtasts(new)
         self.config = new
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))
         log.info("reloaded %s", new.path)
@@ -152,7 +159,6 @@ class Daemon:
     async def serve(self) -> int:
         await self.start()
         pidfile = self.config.data_path("mailstead.pid")
-        atomic_write(pidfile, f"{os.getpid()}\n", mode=0o644)
         cleaner = asyncio.create_task(self.clean_tmp_forever())
         self.queue.start()
         loop = asyncio.get_running_loop()
@@ -167,6 +173,25 @@ class Daemon:
         pidfile.unlink(missing_ok=True)
         log.info("stopped")
         return 0
+
+
+def hold_pidfile(path) -> int:
+    """Write our pid into ``path`` and hold an exclusive lock on it for our lifetime.
+
+    The lock says "a mailstead runs on this data dir": a second one refuses to start (two
+    queue runners would send every message twice), and ``mailstead queue flush`` signals the
+    pid only while the lock is held, never a stale pid that now belongs to another program.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"[server] data_dir: another mailstead is running on it "
+                           f"(lock held on {path})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def clean_all_tmp(accounts: AccountStore) -> int:

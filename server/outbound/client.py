@@ -64,6 +64,13 @@ class TLSFailed(AttemptFailed):
     """The STARTTLS handshake failed."""
 
 
+# RFC 5321 §4.5.3.2: how long to wait for each reply. The one after the final dot gets 10
+# minutes because the receiver may be scanning the message; giving up sooner means sending it
+# again, a duplicate.
+COMMAND_TIMEOUT = 300.0
+DATA_END_TIMEOUT = 600.0
+
+
 @dataclass
 class Transaction:
     sender: str
@@ -71,7 +78,7 @@ class Transaction:
     message: bytes
     helo: str
     port: int
-    timeout: float
+    connect_timeout: float
     tls: TLSPolicy
     implicit_tls: bool = False
     username: str = ""
@@ -86,9 +93,10 @@ async def send(hosts: Sequence[MXHost], txn: Transaction) -> dict[str, Outcome]:
             try:
                 try:
                     return await _attempt(host.name, address, txn)
-                except TLSFailed:
+                except TLSFailed as err:
                     if txn.tls.required:
                         raise
+                    log.info("%s[%s]: %s; sending without TLS", host.name, address, err)
                     # Opportunistic TLS that fails is retried in the clear at once, as Exim's
                     # tls_tempfail_tryclear does: a broken TLS stack must not block mail that
                     # would otherwise go unencrypted anyway.
@@ -106,12 +114,12 @@ def _needs_utf8(txn: Transaction) -> bool:
 async def _attempt(name: str, address: str, txn: Transaction,
                    plaintext: bool = False) -> dict[str, Outcome]:
     client = aiosmtplib.SMTP(hostname=name if txn.implicit_tls else address, port=txn.port,
-                             local_hostname=txn.helo, timeout=txn.timeout,
+                             local_hostname=txn.helo, timeout=COMMAND_TIMEOUT,
                              use_tls=txn.implicit_tls, start_tls=False,
                              tls_context=txn.tls.context if txn.implicit_tls else None)
     try:
         try:
-            await client.connect()
+            await client.connect(timeout=txn.connect_timeout)
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
@@ -148,6 +156,7 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
     if _needs_utf8(txn):
         if not client.supports_extension("smtputf8"):
             # RFC 6531 §3.2: without SMTPUTF8 these addresses cannot be sent at all.
+            await _quit(client)
             return {r: Outcome(553, "5.6.7 The receiving server does not support SMTPUTF8",
                                name) for r in txn.recipients}
         options.append("SMTPUTF8")
@@ -173,10 +182,14 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
         await _quit(client)
         return results
     try:
-        response = await client.data(txn.message)
+        response = await client.data(txn.message, timeout=DATA_END_TIMEOUT)
         outcome = Outcome(response.code, response.message, name)
     except aiosmtplib.SMTPDataError as err:
         outcome = Outcome(err.code, err.message, name)
+    except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected, OSError) as err:
+        # The message may have arrived: try later rather than another host right now, so a
+        # slow receiver does not get a copy from every attempt in a row.
+        outcome = Outcome(451, f"4.4.2 Connection lost after sending the message: {err}", name)
     for rcpt in accepted:
         results[rcpt] = outcome
     await _quit(client)

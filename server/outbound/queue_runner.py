@@ -1,11 +1,13 @@
 """The outbound queue runner: takes messages from the spool to their destinations.
 
-Every due message is attempted by one of ``[outbound] workers`` tasks: its pending recipients
-are grouped by domain (one SMTP transaction per domain; all together through a smarthost),
-local domains are delivered to their Maildirs directly, the others to their MX hosts. After each
-attempt the envelope is saved before anything else happens, so a ``kill -9`` re-sends at most
-the one transaction that was in flight. Permanent failures and expiry produce a DSN to the
-sender (never for a bounce); temporary ones are retried on ``server.queue.schedule``.
+Up to ``[outbound] workers`` messages are attempted at once. A message's pending recipients are
+grouped by domain (one SMTP transaction per domain; all together through a smarthost); local
+domains go straight to their Maildirs. Each group's results are saved to the envelope as soon
+as that group is done, before anything else happens, so a ``kill -9`` re-sends at most the
+transactions in flight. If saving fails (a full disk), the results are kept in memory and the
+message is never sent again to a recipient that has it. A permanent failure is first recorded
+as a report owed to the sender, then the report is queued, then the debt is cleared: a crash can
+duplicate a report, never lose one. Never a report for a report or for the null sender.
 """
 
 from __future__ import annotations
@@ -24,22 +26,35 @@ from server.dnsresolve import make_resolver
 from server.outbound import client
 from server.outbound.route import MXHost, RouteError, mx_hosts
 from server.queue import dsn, schedule
-from server.queue.spool import DELIVERED, FAILED, QueuedMessage, Recipient, Spool, domain_of
+from server.queue.spool import (
+    DELIVERED,
+    FAILED,
+    CorruptEnvelopeError,
+    QueuedMessage,
+    Recipient,
+    Spool,
+    domain_of,
+)
 from server.smtp import trace
 from server.smtp.commit import deliver_and_count
 
 log = logging.getLogger("mailstead.queue")
 
+RELAY = "*relay*"  # the group key for everything that leaves through the smarthost
+
 
 class OutboundQueue:
     def __init__(self, config: Config, accounts: acc.AccountStore, spool: Spool,
-                 executor: Executor, mtasts=None):
+                 executor: Executor, mtasts=None, signer=None):
         self.accounts = accounts
         self.spool = spool
         self.executor = executor
         self.mtasts = mtasts
+        self.signer = signer
         self.due: dict[str, float] = {}  # queue id -> next attempt (time.time())
         self.in_flight: set[str] = set()
+        self.unsaved: dict[str, QueuedMessage] = {}  # results the disk would not take yet
+        self.errors: dict[str, int] = {}  # unexpected failures per id, for back-off
         self._wakeup = asyncio.Event()
         self._attempts: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
@@ -75,7 +90,7 @@ class OutboundQueue:
 
     async def stop(self, grace: float) -> None:
         """Start nothing new; let attempts in progress finish for up to ``grace`` seconds.
-        One cut off is sent again after the restart (its envelope was not saved yet)."""
+        One cut off is sent again after the restart (its results were not saved yet)."""
         if self._main is None:
             return
         self._main.cancel()
@@ -88,78 +103,145 @@ class OutboundQueue:
 
     async def run(self) -> None:
         await self.load()
-        workers = asyncio.Semaphore(self.config.outbound.workers)
         while True:
             now = time.time()
-            for qid, when in sorted(self.due.items(), key=lambda kv: kv[1]):
-                if when > now or qid in self.in_flight or workers.locked():
-                    continue
-                await workers.acquire()
+            free = self.config.outbound.workers - len(self.in_flight)
+            waiting = [(when, qid) for qid, when in self.due.items() if qid not in self.in_flight]
+            waiting.sort()
+            for when, qid in waiting[:max(free, 0)]:
+                if when > now:
+                    break
                 self.in_flight.add(qid)
-                task = asyncio.create_task(self._attempt_guarded(qid, workers))
+                task = asyncio.create_task(self._attempt_guarded(qid))
                 self._attempts.add(task)
                 task.add_done_callback(self._attempts.discard)
-            waiting = [w for q, w in self.due.items() if q not in self.in_flight]
-            timeout = max(0.05, min(waiting) - time.time()) if waiting else None
+            timeout = None
+            rest = [w for w, q in waiting if q not in self.in_flight]
+            if rest and len(self.in_flight) < self.config.outbound.workers:
+                timeout = max(0.05, rest[0] - time.time())
+            # A finishing attempt, a new message or a flush sets the event; otherwise sleep
+            # until the next message is due (or for ever while every worker is busy).
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    async def _attempt_guarded(self, qid: str, workers: asyncio.Semaphore) -> None:
+    async def _attempt_guarded(self, qid: str) -> None:
         try:
             await self.attempt(qid)
+            self.errors.pop(qid, None)
         except Exception:
+            count = self.errors[qid] = self.errors.get(qid, 0) + 1
             log.exception("queue: attempt for %s failed unexpectedly", qid)
-            self.due[qid] = time.time() + schedule.next_delay(1)
+            self.due[qid] = time.time() + schedule.next_delay(count)
         finally:
             self.in_flight.discard(qid)
-            workers.release()
             self._wakeup.set()
 
     async def _io(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
 
+    async def _save(self, msg: QueuedMessage) -> None:
+        try:
+            await self._io(self.spool.save, msg)
+            self.unsaved.pop(msg.id, None)
+        except KeyError:
+            raise  # deleted meanwhile: the caller drops it
+        except OSError as err:
+            # What was delivered must not be delivered again: keep the results in memory
+            # and the message in the schedule; the next attempt saves them first.
+            self.unsaved[msg.id] = msg
+            log.error("queue: cannot save the state of %s (%s); kept in memory", msg.id, err)
+
     # --- one attempt ---
 
     async def attempt(self, qid: str) -> None:
         try:
-            msg = await self._io(self.spool.get, qid)
+            msg = self.unsaved.get(qid) or await self._io(self.spool.get, qid)
             data = await self._io(self.spool.read_message, qid)
+            if qid in self.unsaved:
+                await self._save(msg)
         except KeyError:
-            self.due.pop(qid, None)  # deleted meanwhile (mailstead queue delete)
+            self._forget(qid)  # deleted meanwhile (mailstead queue delete)
             return
+        except CorruptEnvelopeError as err:
+            log.error("queue: %s is unreadable (%s); left for inspection, set aside at the "
+                      "next start", qid, err)
+            self._forget(qid)
+            return
+        try:
+            await self._attempt(msg, data)
+        except KeyError:
+            self._forget(qid)
+
+    def _forget(self, qid: str) -> None:
+        self.due.pop(qid, None)
+        self.unsaved.pop(qid, None)
+
+    async def _attempt(self, msg: QueuedMessage, data: bytes) -> None:
         now = time.time()
-        newly_failed: list[Recipient] = []
         if schedule.is_expired(msg, now, self.config.outbound.expiry):
+            days = self.config.outbound.expiry / 86400
             for rcpt in msg.pending():
-                rcpt.status = FAILED
-                rcpt.last_error = (f"4.4.7 Gave up after {self.config.outbound.expiry / 86400:g} "
-                                   f"days; last error: {rcpt.last_error or 'none'}")
-                newly_failed.append(rcpt)
-        else:
-            groups = self._groups(msg)
-            results = await asyncio.gather(*(self._deliver_group(msg, data, domain, rcpts)
-                                             for domain, rcpts in groups.items()))
-            for rcpts, outcomes in zip(groups.values(), results, strict=True):
-                for rcpt in rcpts:
-                    if self._apply(rcpt, outcomes[rcpt.address], now):
-                        newly_failed.append(rcpt)
+                rcpt.status, rcpt.bounce_owed = FAILED, True
+                rcpt.last_error = (f"4.4.7 Gave up after {days:g} days; last error: "
+                                   f"{rcpt.last_error or 'none'}")
+                rcpt.last_code = 0  # our verdict, not a reply from the remote
+        elif msg.pending():
+            await self._deliver_groups(msg, data, now)
             msg.attempts += 1
             msg.next_attempt = now + schedule.next_delay(msg.attempts)
-        delayed = schedule.needs_delay_warning(msg, now, self.config.outbound.delay_warning or None)
-        for rcpt in delayed:
-            rcpt.dsn_sent = True
-        # Saved first: whatever happens next, a restart will not re-send what was delivered.
-        await self._io(self.spool.save, msg)
-        if (newly_failed or delayed) and dsn.should_bounce(msg):
-            await self._bounce(msg, data, newly_failed, delayed)
+        await self._save(msg)
+        await self._report(msg, data, now)
         if msg.done():
-            await self._io(self.spool.remove, qid)
-            self.due.pop(qid, None)
-            log.info("queue: %s done (%s)", qid, ", ".join(
+            await self._io(self.spool.remove, msg.id)
+            self._forget(msg.id)
+            log.info("queue: %s done (%s)", msg.id, ", ".join(
                 f"{r.address} {r.status}" for r in msg.recipients))
         else:
-            self.due[qid] = msg.next_attempt
+            self.due[msg.id] = msg.next_attempt
+
+    async def _deliver_groups(self, msg: QueuedMessage, data: bytes, now: float) -> None:
+        """All domains at once; each group's results saved as soon as it is done."""
+        tasks = {asyncio.create_task(self._deliver_group(msg, data, domain, rcpts)): rcpts
+                 for domain, rcpts in self._groups(msg).items()}
+        try:
+            for done in asyncio.as_completed(tasks):
+                try:
+                    rcpts, outcomes = await done
+                except Exception:  # one group's bug must not cost the others their results
+                    log.exception("queue: a delivery group of %s failed", msg.id)
+                    continue
+                for rcpt in rcpts:
+                    self._apply(rcpt, outcomes[rcpt.address], now)
+                await self._save(msg)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task, rcpts in tasks.items():
+            if not task.cancelled() and task.exception() is not None:
+                for rcpt in rcpts:
+                    self._apply(rcpt, client.Outcome(451, "4.3.0 Internal error, will retry"),
+                                now)
+
+    async def _report(self, msg: QueuedMessage, data: bytes, now: float) -> None:
+        """Queue the failure report owed and any delay warning due, then record that."""
+        failed = [r for r in msg.recipients if r.bounce_owed]
+        delay_after = self.config.outbound.delay_warning or None
+        delayed = schedule.needs_delay_warning(msg, now, delay_after)
+        if not dsn.should_bounce(msg):
+            for rcpt in failed:
+                rcpt.bounce_owed = False  # nobody to tell: the null sender or our own report
+            if failed:
+                await self._save(msg)
+            return
+        if not failed and not delayed:
+            return
+        await self._bounce(msg, data, failed, delayed)
+        for rcpt in failed:
+            rcpt.bounce_owed = False
+        for rcpt in delayed:
+            rcpt.dsn_sent = True
+        await self._save(msg)
 
     def _groups(self, msg: QueuedMessage) -> dict[str, list[Recipient]]:
         groups: dict[str, list[Recipient]] = {}
@@ -167,13 +249,12 @@ class OutboundQueue:
         for rcpt in msg.pending():
             domain = domain_of(rcpt.address)
             if relay is not None and not self.accounts.is_local_domain(domain):
-                domain = "*relay*"
+                domain = RELAY
             groups.setdefault(domain, []).append(rcpt)
         return groups
 
     @staticmethod
-    def _apply(rcpt: Recipient, outcome: client.Outcome, now: float) -> bool:
-        """Record one result; True if the recipient has just failed for good."""
+    def _apply(rcpt: Recipient, outcome: client.Outcome, now: float) -> None:
         rcpt.attempts += 1
         rcpt.last_attempt = now
         rcpt.remote_mta = outcome.remote
@@ -183,25 +264,23 @@ class OutboundQueue:
             rcpt.last_error, rcpt.last_code = "", outcome.code
             log.info("queue: delivered to %s via %s: %s", rcpt.address, outcome.remote or "local",
                      outcome.reply())
-            return False
+            return
         rcpt.last_error, rcpt.last_code = outcome.reply(), outcome.code
         log.info("queue: %s to %s: %s", "failed" if outcome.permanent else "deferred",
                  rcpt.address, outcome.reply())
         if outcome.permanent:
-            rcpt.status = FAILED
-            return True
-        return False
+            rcpt.status, rcpt.bounce_owed = FAILED, True
 
     async def _deliver_group(self, msg: QueuedMessage, data: bytes, domain: str,
-                             rcpts: list[Recipient]) -> dict[str, client.Outcome]:
+                             rcpts: list[Recipient]):
         addresses = [r.address for r in rcpts]
-        if domain != "*relay*" and self.accounts.is_local_domain(domain):
-            return await self._deliver_local(msg, data, addresses)
+        if domain != RELAY and self.accounts.is_local_domain(domain):
+            return rcpts, await self._deliver_local(msg, data, addresses)
         out = self.config.outbound
         txn = client.Transaction(sender=msg.sender, recipients=addresses, message=data,
                                  helo=self.config.server.hostname, port=out.mx_port,
-                                 timeout=out.connect_timeout, tls=self.loose_tls)
-        if domain == "*relay*":
+                                 connect_timeout=out.connect_timeout, tls=self.loose_tls)
+        if domain == RELAY:
             relay = out.relay
             txn.port, txn.tls = relay.port, self.strict_tls
             txn.implicit_tls = out.relay_tls == "tls"
@@ -212,11 +291,12 @@ class OutboundQueue:
                 hosts = await mx_hosts(self.resolver, domain)
             except RouteError as err:
                 code = 550 if err.permanent else 451
-                return {a: client.Outcome(code, f"{err.enhanced} {err}") for a in addresses}
+                return rcpts, {a: client.Outcome(code, f"{err.enhanced} {err}")
+                               for a in addresses}
             hosts, txn.tls, refusal = await self._apply_mta_sts(domain, hosts)
             if refusal is not None:
-                return {a: refusal for a in addresses}
-        return await client.send(hosts, txn)
+                return rcpts, {a: refusal for a in addresses}
+        return rcpts, await client.send(hosts, txn)
 
     async def _apply_mta_sts(self, domain: str, hosts: list[MXHost]):
         if self.mtasts is None:
@@ -235,22 +315,26 @@ class OutboundQueue:
 
     async def _deliver_local(self, msg: QueuedMessage, data: bytes,
                              addresses: list[str]) -> dict[str, client.Outcome]:
-        """Queued mail for our own domains (bounces, mostly) goes straight to the Maildirs."""
+        """Queued mail for our own domains (reports, mostly) goes straight to the Maildirs."""
         results: dict[str, client.Outcome] = {}
         deliveries, roots, delivered_to = [], [], []
         for address in addresses:
             try:
-                resolution = self.accounts.resolve(parse_address(address))
+                mailboxes = self.accounts.resolve(parse_address(address)).mailboxes
             except (AddressError, acc.AccountError) as err:
-                results[address] = client.Outcome(550, f"5.1.1 {err}")
+                mailboxes, reason = (), str(err)
+            else:
+                reason = "no local mailbox"
+            if not mailboxes:
+                # Alias expansion happened when the message was accepted; what is left
+                # here must be a mailbox, or it has nowhere to go.
+                results[address] = client.Outcome(550, f"5.1.1 {address}: {reason}")
                 continue
-            for user in resolution.mailboxes:
+            for user in mailboxes:
                 head = trace.return_path(msg.sender) + trace.delivered_to(user.address)
                 deliveries.append(Delivery(user.maildir, (head, data)))
                 roots.append(user.maildir if user.quota_bytes else None)
             delivered_to.append(address)
-            # External destinations of a local alias are not followed from the queue: the
-            # alias was expanded when the message was accepted.
         if deliveries:
             try:
                 await self._io(deliver_and_count, deliveries, roots, self.config.server.hostname)
@@ -265,14 +349,21 @@ class OutboundQueue:
     async def _bounce(self, msg: QueuedMessage, data: bytes, failed: list[Recipient],
                       delayed: list[Recipient]) -> None:
         hostname = self.config.server.hostname
-        domains = self.accounts.list_domains()
-        postmaster = f"postmaster@{domains[0]}" if domains else f"postmaster@{hostname}"
+        sender_domain = domain_of(msg.sender)
+        domain = sender_domain if self.accounts.is_local_domain(sender_domain) else None
+        domain = domain or next(iter(self.accounts.list_domains()), hostname)
+        postmaster = f"postmaster@{domain}"
         report = dsn.build_dsn(reporting_mta=hostname, postmaster=postmaster, original=data,
                                sender=msg.sender, failed=failed, delayed=delayed,
-                               arrival=msg.created, message_id_domain=hostname)
+                               arrival=msg.created, message_id_domain=hostname,
+                               retry_until=msg.created + self.config.outbound.expiry)
+        if self.signer is not None:
+            # Signed like our users' mail, so the report passes DMARC where it lands.
+            report = await self._io(self.signer.sign, report, domain) + report
         # RFC 5321 §4.5.5: reports go out with the null reverse-path, so they never loop.
         queued = await self._io(lambda: self.spool.add("", [msg.sender], (report,),
-                                                       origin=f"report for {msg.id}", is_dsn=True))
+                                                       origin=f"report for {msg.id}",
+                                                       is_dsn=True))
         log.info("queue: %s report %s for %s to <%s>", "failure" if failed else "delay",
                  queued.id, msg.id, msg.sender)
         self.wake(queued.id)

@@ -81,5 +81,6 @@ async def mx_hosts(resolver: dns.asyncresolver.Resolver, domain: str) -> list[MX
     if not hosts:
         if errors:
             raise errors[0]
-        raise RouteError(f"no address for any mail host of {domain}", False, "4.4.4")
+        # Every name answered, and none has an address: DNS says there is nowhere to go.
+        raise RouteError(f"no address for any mail host of {domain}", True, "5.4.4")
     return hosts

@@ -86,6 +86,9 @@ class Recipient:
     dsn_sent: bool = False  # the delay warning went out; never send it twice
     remote_mta: str = ""  # host that gave last_error, for the DSN's Remote-MTA field
     last_attempt: float | None = None  # for the DSN's Last-Attempt-Date field
+    # Failed for good, and the sender's failure report is not queued yet: kept until it is,
+    # so a crash between recording the failure and queueing the report cannot lose the report.
+    bounce_owed: bool = False
 
 
 def domain_of(address: str) -> str:
@@ -116,7 +119,7 @@ class QueuedMessage:
         return groups
 
     def done(self) -> bool:
-        return not self.pending()
+        return not self.pending() and not any(r.bounce_owed for r in self.recipients)
 
 
 def _build(cls, doc: dict):

@@ -18,7 +18,7 @@ from base64 import b64decode
 from aiosmtpd.smtp import AuthResult
 
 from server import accounts as acc
-from server.addresses import parse_address
+from server.addresses import AddressError, parse_address
 from server.authlimit import AuthThrottle
 from server.smtp import headers, replies
 from server.smtp.commit import Outgoing
@@ -59,10 +59,13 @@ class SubmissionHandler(BaseHandler):
     async def auth_LOGIN(self, server, args: list[str]) -> AuthResult:
         if len(args) == 1:
             login = await server.challenge_auth("Username:")
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
         else:
             login = _b64(args[1])
-        if not isinstance(login, bytes):
-            return AuthResult(success=False, handled=True)
+            if login is None:
+                await server.push(str(replies.AUTH_BAD_BASE64))
+                return AuthResult(success=False, handled=True)
         password = await server.challenge_auth("Password:")
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=True)
@@ -70,17 +73,24 @@ class SubmissionHandler(BaseHandler):
 
     async def _login(self, server, login: bytes, password: bytes) -> AuthResult:
         name = login.decode("utf-8", "replace")
+        try:
+            account = parse_address(name).key  # one counter however the address is spelled
+        except AddressError:
+            account = name.lower()
+        # The wait comes before the check, for right and wrong passwords alike (authlimit).
+        delay = self.throttle.delay(server.peer_ip, account)
+        if delay:
+            await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
         user = await loop.run_in_executor(self.executor, self.accounts.authenticate, name,
                                           password.decode("utf-8", "replace"))
         if user is not None:
-            self.throttle.success(server.peer_ip, name)
+            self.throttle.success(server.peer_ip, account)
             log.info("conn=%s auth ok user=%s", server.conn_id, user.address)
             return AuthResult(success=True, auth_data=user)
-        delay = self.throttle.failure(server.peer_ip, name)
-        log.info("conn=%s auth failed user=%r from [%s] delay=%.0fs", server.conn_id, name[:100],
-                 server.peer_ip, delay)
-        await asyncio.sleep(delay)
+        self.throttle.failure(server.peer_ip, account)
+        log.info("conn=%s auth failed user=%r from [%s] after a %.1fs wait", server.conn_id,
+                 name[:100], server.peer_ip, delay)
         return AuthResult(success=False, handled=False)
 
     # --- envelope ---
@@ -128,8 +138,10 @@ class SubmissionHandler(BaseHandler):
         senders = headers.addresses(header, "from")
         if not senders:
             raise SMTPError(replies.NO_FROM_HEADER)
-        for address in senders:
-            self._check_owner(user, address)
+        # Every author and sender field a mail reader may show as "from" must be the user's.
+        for name in ("from", "sender", "resent-from", "resent-sender"):
+            for address in headers.addresses(header, name):
+                self._check_owner(user, address)
         message = headers.fix_submission(data, self.config.server.hostname)
         received = await self.received_header(
             server, session, envelope, txn_id, None, auth=True,

@@ -315,3 +315,50 @@ def test_mta_sts_enforce_refuses_mx_not_in_policy(tmp_path, sts):
     finally:
         inst.stop()
         sink.stop()
+
+
+# --- the client's corner cases ---
+
+
+def test_failed_opportunistic_tls_falls_back_to_plaintext(tmp_path, dns_server, certs):
+    sink = Sink(tls_cert=certs, broken_tls=True).start()
+    inst = instance(tmp_path, dns_server, sink.port).start()
+    try:
+        inst.submit("ann@example.test", "bob@remote.test", message(50))
+        [got] = sink.wait_for(1)
+        assert not got.tls
+        assert "TLS handshake failed" in inst.log()
+    finally:
+        inst.stop()
+        sink.stop()
+
+
+def test_utf8_address_to_a_server_without_smtputf8_bounces(tmp_path, dns_server, certs):
+    sink = Sink(tls_cert=certs, smtputf8=False).start()
+    inst = instance(tmp_path, dns_server, sink.port).start()
+    try:
+        inst.submit("ann@example.test", "jörg@remote.test", message(51),
+                    mail_options=("SMTPUTF8",))
+        [report] = wait_until(lambda: reports(inst), what="a DSN")
+        assert "5.6.7" in report.as_string()
+        assert sink.messages == []
+    finally:
+        inst.stop()
+        sink.stop()
+
+
+def test_second_instance_on_the_same_data_dir_refuses_to_start(tmp_path, dns_server):
+    import subprocess
+
+    from tests.support.instance import MAILSTEAD
+
+    inst = instance(tmp_path, dns_server, free_port()).start()
+    try:
+        proc = subprocess.run([*MAILSTEAD, "-c", str(inst.config_path), "run"],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1
+        assert "another mailstead is running on it" in proc.stderr
+    finally:
+        inst.stop()
+    stale = cli("-c", str(inst.config_path), "queue", "flush", check=False)
+    assert stale.returncode == 1 and "not running" in stale.stderr

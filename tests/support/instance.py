@@ -181,7 +181,7 @@ class Instance:
         return self.ports["submissions"]
 
     def submit(self, user: str, rcpts: list[str] | str, data: bytes, sender: str | None = None,
-               implicit_tls: bool = False) -> dict:
+               implicit_tls: bool = False, mail_options: tuple[str, ...] = ()) -> dict:
         """Send as ``user`` through submission (STARTTLS, or implicit TLS) with AUTH."""
         if isinstance(rcpts, str):
             rcpts = [rcpts]
@@ -195,7 +195,7 @@ class Instance:
             client.starttls(context=self.tls_context())
         with client:
             client.login(user, PASSWORD)
-            return client.sendmail(sender or user, rcpts, data)
+            return client.sendmail(sender or user, rcpts, data, mail_options=list(mail_options))
 
     def spool(self):
         from server.queue.spool import Spool

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,13 +63,16 @@ class SinkHandler:
 class Sink:
     def __init__(self, port: int | None = None, *, tls_cert: tuple[Path, Path] | None = None,
                  implicit_tls: bool = False, auth: tuple[str, str] | None = None,
-                 hostname: str = "mx.remote.test"):
+                 hostname: str = "mx.remote.test", smtputf8: bool = True,
+                 broken_tls: bool = False):
         self.port = port or free_port()
         self.handler = SinkHandler()
         self.tls_cert = tls_cert
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.hostname = hostname
+        self.smtputf8 = smtputf8
+        self.broken_tls = broken_tls  # offers STARTTLS, but only TLS 1.0: no handshake succeeds
         self.controller: Controller | None = None
 
     def _context(self) -> ssl.SSLContext | None:
@@ -76,6 +80,10 @@ class Sink:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(*self.tls_cert)
+        if self.broken_tls:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
         return ctx
 
     def _authenticator(self, server, session, envelope, mechanism, data):
@@ -86,7 +94,7 @@ class Sink:
     def start(self) -> Sink:
         ctx = self._context()
         kwargs = dict(hostname="127.0.0.1", port=self.port, server_hostname=self.hostname,
-                      enable_SMTPUTF8=True, ready_timeout=10)
+                      enable_SMTPUTF8=self.smtputf8, ready_timeout=10)
         if self.auth is not None:
             kwargs.update(authenticator=self._authenticator, auth_required=True,
                           auth_require_tls=not self.implicit_tls)

@@ -1,0 +1,131 @@
+"""The queue runner in-process, with the disk failing at the worst moments: results already
+delivered are never sent again, and a report owed to the sender is never lost."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import argon2
+import pytest
+
+from server.accounts import AccountStore
+from server.config import parse_config, render_config
+from server.outbound.queue_runner import OutboundQueue
+from server.queue.spool import Spool
+from tests.support.sink import Sink
+
+MSG = b"From: ann@example.test\r\nTo: x@remote.test\r\nSubject: runner\r\n\r\nbody\r\n"
+
+
+class FlakySpool(Spool):
+    """A spool whose disk is full for the next ``save_failures`` saves / ``add_failures`` adds."""
+
+    save_failures = 0
+    add_failures = 0
+
+    def save(self, msg):
+        if self.save_failures:
+            self.save_failures -= 1
+            raise OSError(28, "No space left on device")
+        return super().save(msg)
+
+    def add(self, *args, **kwargs):
+        if self.add_failures:
+            self.add_failures -= 1
+            raise OSError(28, "No space left on device")
+        return super().add(*args, **kwargs)
+
+
+@pytest.fixture
+def world(tmp_path, dns_server):
+    sink = Sink().start()
+    text = render_config("mail.example.test", tmp_path, {}, {
+        "dns": {"nameservers": [dns_server.nameserver]},
+        "outbound": {"mx_port": sink.port}})
+    config = parse_config(text, tmp_path / "mailstead.toml")
+    store = AccountStore(config.db_path, config.mail_root,
+                         hasher=argon2.PasswordHasher(time_cost=1, memory_cost=1024,
+                                                      parallelism=1))
+    store.initialise()
+    store.add_domain("example.test")
+    ann = store.add_user("ann@example.test", "a long password")
+    spool = FlakySpool(Path(tmp_path) / "queue")
+    with ThreadPoolExecutor(4) as pool:
+        yield config, store, spool, pool, sink, ann
+    sink.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_save_failure_never_sends_twice(world):
+    config, store, spool, pool, sink, _ = world
+    msg = spool.add("ann@example.test", ["bob@remote.test", "gone@remote.test"], (MSG,))
+    sink.handler.defer.add("gone@remote.test")
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        spool.save_failures = 10  # every save in this attempt fails
+        await queue.attempt(msg.id)
+        assert msg.id in queue.unsaved
+        spool.save_failures = 0
+        await queue.attempt(msg.id)  # bob is not sent again; the state is saved first
+        return queue
+
+    queue = run(scenario())
+    assert [m.recipients for m in sink.messages] == [["bob@remote.test"]]
+    saved = spool.get(msg.id)
+    assert [r.status for r in saved.recipients] == ["delivered", "pending"]
+    assert msg.id not in queue.unsaved
+
+
+def test_report_is_owed_until_it_is_queued(world):
+    config, store, spool, pool, sink, ann = world
+    msg = spool.add("ann@example.test", ["gone@remote.test"], (MSG,))
+    sink.handler.reject.add("gone@remote.test")
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        spool.add_failures = 1  # queueing the report fails once
+        with pytest.raises(OSError):
+            await queue.attempt(msg.id)
+        owed = spool.get(msg.id)
+        assert owed.recipients[0].status == "failed" and owed.recipients[0].bounce_owed
+        await queue.attempt(msg.id)  # nothing to deliver, but the report is still owed
+        reports = [m for m in spool.list() if m.is_dsn]
+        assert len(reports) == 1 and reports[0].recipients[0].address == "ann@example.test"
+        await queue.attempt(reports[0].id)  # local: straight into ann's INBOX
+
+    run(scenario())
+    with pytest.raises(KeyError):
+        spool.get(msg.id)  # done: removed once the report was queued
+    assert len(list((ann.maildir / "new").iterdir())) == 1
+    assert len(sink.messages) == 0
+
+
+def test_a_failing_group_does_not_cost_the_others(world, monkeypatch):
+    config, store, spool, pool, sink, _ = world
+    msg = spool.add("ann@example.test", ["bob@remote.test", "eve@broken.test"], (MSG,))
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        original = queue._deliver_group
+
+        async def deliver_group(m, data, domain, rcpts):
+            if domain == "broken.test":
+                raise RuntimeError("a bug in one group")
+            return await original(m, data, domain, rcpts)
+
+        monkeypatch.setattr(queue, "_deliver_group", deliver_group)
+        await queue.attempt(msg.id)
+        await queue.attempt(msg.id)
+
+    run(scenario())
+    assert [m.recipients for m in sink.messages] == [["bob@remote.test"]]
+    saved = spool.get(msg.id)
+    assert [(r.address, r.status) for r in saved.recipients] == [
+        ("bob@remote.test", "delivered"), ("eve@broken.test", "pending")]
+    assert "Internal error" in saved.recipients[1].last_error
