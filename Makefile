@@ -8,7 +8,7 @@ DEV_USER ?= demo@$(DEV_DOMAIN)
 BIN := $(VENV)/bin
 
 # Debian packages the end-to-end tests drive (installed by `make test` when run as root).
-TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux
+TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix
 
 .PHONY: run test unit lint bench deps venv clean
 
