@@ -8,6 +8,8 @@ DEV_USER ?= demo@$(DEV_DOMAIN)
 BIN := $(VENV)/bin
 
 # Debian packages the end-to-end tests drive (installed by `make test` when run as root).
+# Postfix is preseeded to "No configuration" and service starts are blocked while installing
+# (policy-rc.d), so no system MTA starts on port 25; the tests run private instances.
 TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix
 
 .PHONY: run test unit lint bench deps venv clean
@@ -47,8 +49,14 @@ deps:
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages for the e2e tests:" $$missing; \
 	    export DEBIAN_FRONTEND=noninteractive; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    made_policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && \
+	      chmod 755 /usr/sbin/policy-rc.d && made_policy=1; \
+	    fi; \
 	    apt-get update -qq && \
-	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    apt-get install -y -qq --no-install-recommends --no-remove $$missing >/dev/null; \
+	    rc=$$?; [ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d; [ $$rc = 0 ] || exit $$rc; \
 	  fi; \
 	else \
 	  echo "not root: skipping Debian packages ($(TEST_DEBS)); their tests skip outside CI"; \
