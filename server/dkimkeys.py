@@ -87,7 +87,9 @@ def _new_key_pem(algorithm: str) -> bytes:
                              serialization.NoEncryption())
 
 
-def _ensure(dkim_dir: Path, domain: str, today: datetime.date, algorithm: str) -> DKIMKey:
+def new_key(dkim_dir: Path, domain: str, today: datetime.date, algorithm: str) -> DKIMKey:
+    """A key of ``algorithm`` with the selector of ``today``'s month, made unless that file
+    exists. For rotation: publish its record first; the signer uses it after a reload."""
     selector = f"ms{today:%Y%m}{_SELECTOR_SUFFIX[algorithm]}"
     key_file = dkim_dir / domain / f"{selector}.{algorithm}.key"
     if not key_file.exists():
@@ -98,15 +100,18 @@ def _ensure(dkim_dir: Path, domain: str, today: datetime.date, algorithm: str) -
 
 def generate(dkim_dir: Path, domain: str, now: datetime.date | None = None, *,
              ed25519: bool = False) -> DKIMKey:
-    """Make a new RSA-2048 key for ``domain`` unless one with today's selector exists.
+    """Make the domain's RSA-2048 key, and with ``ed25519`` its Ed25519 key (selector
+    ``ms<YYYYMM>e``), each only if the domain has no key of that algorithm yet.
 
-    With ``ed25519``, also an Ed25519 key (selector ``ms<YYYYMM>e``) unless that exists.
-    Returns the RSA key either way: it is the one every receiver can check.
+    Only if none: the signer uses the newest key, so a new key beside an old one would sign
+    mail with a key whose DNS record nobody has published yet. Safe to call at every start.
+    Returns the (newest) RSA key: it is the one every receiver can check.
     """
     today = now or datetime.date.today()
-    key = _ensure(dkim_dir, domain, today, "rsa")
-    if ed25519:
-        _ensure(dkim_dir, domain, today, "ed25519")
+    existing = {k.algorithm: k for k in keys_for(dkim_dir, domain)}
+    key = existing.get("rsa") or new_key(dkim_dir, domain, today, "rsa")
+    if ed25519 and "ed25519" not in existing:
+        new_key(dkim_dir, domain, today, "ed25519")
     return key
 
 

@@ -20,6 +20,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from maildir import cleanup_tmp, folder_path, list_folders
+from server import dkimkeys
 from server.accounts import AccountStore
 from server.authlimit import AuthThrottle
 from server.config import Config, ConfigError, load_config
@@ -82,12 +83,24 @@ class Daemon:
                       https_port=config.outbound.https_port,
                       cafile=config.outbound.ca_file or None)
 
+    def ensure_dkim_keys(self) -> None:
+        """Every domain gets the keys the config asks for (say, Ed25519 switched on later)."""
+        for domain in self.accounts.list_domains():
+            had = {k.selector for k in dkimkeys.keys_for(self.config.dkim_dir, domain)}
+            dkimkeys.generate(self.config.dkim_dir, domain, ed25519=self.config.dkim.ed25519)
+            for key in dkimkeys.keys_for(self.config.dkim_dir, domain):
+                if key.selector not in had:
+                    log.warning("new DKIM key for %s: publish %s (mailstead dkim show)",
+                                domain, key.record_name)
+        self.signer.reload()
+
     async def start(self) -> None:
         if not self.config.db_path.exists():
             raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
                                " (run 'mailstead init' first)")
         self.pid_fd = hold_pidfile(self.config.data_path("mailstead.pid"))
         self.accounts.initialise()
+        self.ensure_dkim_keys()
         common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake)
         mx = MXHandler(*common)
         submission = SubmissionHandler(

@@ -33,8 +33,7 @@ def sink(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inst(tmp_path_factory, dns_server, sink):
     i = Instance(tmp_path_factory.mktemp("sub"), dns_server.nameserver,
-                 extra_config=f"[outbound]\nmx_port = {sink.port}\n"
-                              "[submission]\nauth_failure_delay = 0.3\n")
+                 extra_config=f"[outbound]\nmx_port = {sink.port}\n")
     i.add_user("ann@example.test")
     i.add_user("cat@example.test")
     i.add_alias("sales@example.test", "ann@example.test", "cat@example.test")
@@ -115,7 +114,19 @@ def test_mail_requires_auth(inst):
     client.quit()
 
 
-def test_wrong_password_and_growing_delay(inst):
+def test_wrong_password_and_growing_delay(tmp_path, dns_server):
+    # An instance of its own: the failures below slow every later login from 127.0.0.1.
+    inst = Instance(tmp_path, dns_server.nameserver,
+                    extra_config="[submission]\nauth_failure_delay = 0.3\n")
+    inst.add_user("cat@example.test")
+    inst.start()
+    try:
+        _wrong_passwords(inst)
+    finally:
+        inst.stop()
+
+
+def _wrong_passwords(inst):
     client = smtplib.SMTP_SSL("127.0.0.1", inst.submissions_port, timeout=30,
                               context=inst.tls_context())
     client.ehlo()
@@ -132,6 +143,13 @@ def test_wrong_password_and_growing_delay(inst):
     # FREE_FAILURES are answered at once, then 0.3 s, then 0.6 s (auth_failure_delay = 0.3).
     assert timings[2] >= 0.25 and timings[3] >= 0.55
     assert max(timings[:2]) < 0.25
+    # The right password waits as long now: a quick success would give the password away.
+    started = time.monotonic()
+    client = smtplib.SMTP_SSL("127.0.0.1", inst.submissions_port, timeout=30,
+                              context=inst.tls_context())
+    client.login("cat@example.test", PASSWORD)
+    assert time.monotonic() - started >= 1.1  # 0.3 * 2**(4 - 2)
+    client.quit()
     log = inst.log()
     assert "auth failed user='cat@example.test'" in log
     assert "not the password" not in log and PASSWORD not in log
@@ -181,3 +199,31 @@ def test_remote_unknown_is_queued_local_unknown_refused(inst):
     assert client.rcpt("anyone@remote.test")[0] == 250  # relaying is what submission is for
     assert client.rcpt("x@[192.0.2.1]")[0] == 550
     client.quit()
+
+
+def test_ed25519_second_signature(tmp_path, dns_server):
+    """Switched on after init: the key is made at start, and both signatures verify."""
+    inst = Instance(tmp_path, dns_server.nameserver, extra_config="[dkim]\ned25519 = true\n")
+    inst.add_user("dee@example.test")
+    inst.start()
+    try:
+        keys = _keys(inst)
+        assert sorted(k.algorithm for k in keys) == ["ed25519", "rsa"]
+        assert "new DKIM key for example.test: publish" in inst.log()
+        for key in keys:
+            dns_server.set(key.record_name, "TXT", key.txt_value())
+        msg = MSG.replace(b"ann@example.test", b"dee@example.test")
+        assert inst.submit("dee@example.test", "dee@example.test", msg) == {}
+        stored = inst.messages("dee@example.test")[-1]
+        signed = stored[stored.index(b"DKIM-Signature"):]
+        resolver = dns_server.resolver()
+
+        def dnsfunc(name, timeout=5):
+            answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+            return b"".join(b"".join(rr.strings) for rr in answer)
+
+        verifier = dkim.DKIM(signed)
+        assert [verifier.verify(idx=i, dnsfunc=dnsfunc) for i in (0, 1)] == [True, True]
+        assert b"a=rsa-sha256" in signed and b"a=ed25519-sha256" in signed
+    finally:
+        inst.stop()
