@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maildir.naming import new_unique_name
-from maildir.safeio import fsync_dir, unlink_quiet
+from maildir.safeio import fsync_dir, unlink_quiet, write_all
 
 # maildir.html: "A delivery program ... should delete a file in tmp that has not been
 # accessed in 36 hours" -- a crashed writer's leftovers.
@@ -71,16 +71,6 @@ class _Staged:
     size: int
 
 
-def _write_all(fd: int, chunks: Iterable[bytes]) -> int:
-    """Write every chunk, looping over short writes; return the number of bytes written."""
-    total = 0
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-            total += written
-    return total
 
 
 def _open_tmp(folder: Path, hostname: str | None) -> tuple[int, Path, str]:
@@ -101,7 +91,7 @@ def _stage(delivery: Delivery, hostname: str | None) -> _Staged:
     fd, tmp_path, unique = _open_tmp(delivery.folder, hostname)
     try:
         try:
-            size = _write_all(fd, delivery.chunks)
+            size = write_all(fd, delivery.chunks)
             os.fsync(fd)
         finally:
             # close() can report a deferred write error (NFS); it counts as a failure too.

@@ -15,6 +15,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def write_all(fd: int, chunks: Iterable[bytes]) -> int:
+    """Write every chunk, looping over short writes; return the number of bytes written."""
+    total = 0
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+            total += written
+    return total
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that entries created or renamed in it survive a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -34,7 +34,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from maildir.safeio import fsync_dir, make_private_dir, unlink_quiet, write_file_atomic
+from maildir.safeio import (
+    fsync_dir,
+    make_private_dir,
+    unlink_quiet,
+    write_all,
+    write_file_atomic,
+)
 
 log = logging.getLogger("mailstead.queue")
 
@@ -154,15 +160,6 @@ def _decode(data: bytes, qid: str) -> QueuedMessage:
     return msg
 
 
-def _write_all(fd: int, chunks: Sequence[bytes]) -> int:
-    total = 0
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-            total += written
-    return total
 
 
 def _lock(path: Path, *, wait: bool) -> int | None:
@@ -249,7 +246,7 @@ class Spool:
         final = self._msg / qid
         try:
             try:
-                size = _write_all(fd, chunks)
+                size = write_all(fd, chunks)
                 os.fsync(fd)
                 # The 64-bit timestamp plus 40 random bits never repeat in practice, so
                 # rename cannot replace an existing message.

@@ -66,6 +66,15 @@ class BaseHandler:
 
     # --- envelope ---
 
+    @staticmethod
+    def begin(server, envelope, address: str, sender: str, mail_options: list[str]) -> str:
+        """Accept MAIL FROM: ``sender`` is the normalised reverse-path ("" for <>)."""
+        envelope.sender = sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        server.transactions += 1
+        return str(replies.SENDER_OK)
+
     def parse_recipient(self, address: str) -> Address:
         # RFC 5321 §4.1.1.3: "Postmaster" without a domain must be accepted.
         if address == "Postmaster":

@@ -32,18 +32,14 @@ class MXHandler(BaseHandler):
     @smtp_hook
     async def handle_MAIL(self, server, session, envelope, address: str,
                           mail_options: list[str]) -> str:
-        if address == "<>":
-            envelope.sender = ""
-        else:
+        sender = ""
+        if address != "<>":
             try:
-                envelope.sender = str(parse_address(address))
+                sender = str(parse_address(address))
             except AddressError as err:
                 raise SMTPError(replies.BAD_SENDER_SYNTAX,
                                 f"Sender address malformed: {err}") from None
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        server.transactions += 1
-        return str(replies.SENDER_OK)
+        return self.begin(server, envelope, address, sender, mail_options)
 
     @smtp_hook
     async def handle_RCPT(self, server, session, envelope, address: str,

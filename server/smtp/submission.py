@@ -108,11 +108,7 @@ class SubmissionHandler(BaseHandler):
                           mail_options: list[str]) -> str:
         sender = "" if address == "<>" else address
         self._check_owner(self._user(session), sender)
-        envelope.sender = str(parse_address(sender))
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        server.transactions += 1
-        return str(replies.SENDER_OK)
+        return self.begin(server, envelope, address, str(parse_address(sender)), mail_options)
 
     @smtp_hook
     async def handle_RCPT(self, server, session, envelope, address: str,
