@@ -310,9 +310,6 @@ class SubmissionSection:
     reveal_client_ip: bool = option(
         False, "Put the sending client's IP address and HELO name in the Received header of "
         "submitted mail. Off: recipients do not learn where the sender was.", _bool)
-    auth_failure_delay: float = option(
-        1.0, "Seconds of delay after the third failed login in 15 minutes from one IP or for "
-        "one account, doubling with each further failure (capped at 30 s).", _positive_float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +324,10 @@ class AccountsSection:
     recipient_delimiter: str = option(
         "+", "Separator of plus-addresses: mail to user+tag@domain reaches user@domain. "
         "Empty turns plus-addressing off.", _delimiter)
+    auth_failure_delay: float = option(
+        1.0, "Seconds every login waits, on every service, once an IP (IPv6: its /64) or an "
+        "account has failed twice in 15 minutes; doubling with each further failure, up to "
+        "30 s. The wait comes before the password is checked.", _positive_float)
     min_password_length: int = option(10, "Shortest password accepted for a mailbox.",
                                       _int_range(1, 1024))
     argon2_time_cost: int = option(3, "argon2id passes; raising it rehashes each password at "

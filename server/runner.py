@@ -71,6 +71,9 @@ class Daemon:
         self.spool = Spool(config.queue_dir)
         self.signer = DKIMSigner(config.dkim_dir, ed25519=config.dkim.ed25519)
         self.mtasts = self._mtasts(config)
+        # One throttle for every service that takes a password: a guesser gains nothing by
+        # switching from submission to IMAP.
+        self.throttle = AuthThrottle(config.accounts.auth_failure_delay)
         self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor,
                                    self.mtasts, self.signer)
         self.listeners: list[SMTPListener] = []
@@ -105,7 +108,7 @@ class Daemon:
         mx = MXHandler(*common)
         submission = SubmissionHandler(
             *common, signer=self.signer,
-            throttle=AuthThrottle(self.config.submission.auth_failure_delay))
+            throttle=self.throttle)
         self.handlers = [mx, submission]
         for name, addr in self.config.listeners().items():
             if name not in IMPLEMENTED:
@@ -142,6 +145,7 @@ class Daemon:
         for obj in (*self.listeners, *self.handlers, self.queue):
             obj.update_config(new)
         self.signer.reload()
+        self.throttle.base_delay = new.accounts.auth_failure_delay
         self.queue.mtasts = self.mtasts = self._mtasts(new)
         self.config = new
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))

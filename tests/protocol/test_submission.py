@@ -117,7 +117,7 @@ def test_mail_requires_auth(inst):
 def test_wrong_password_and_growing_delay(tmp_path, dns_server):
     # An instance of its own: the failures below slow every later login from 127.0.0.1.
     inst = Instance(tmp_path, dns_server.nameserver,
-                    extra_config="[submission]\nauth_failure_delay = 0.3\n")
+                    extra_config="auth_failure_delay = 0.3\n")
     inst.add_user("cat@example.test")
     inst.start()
     try:
