@@ -306,6 +306,22 @@ class SMTPSection:
 
 
 @dataclass(frozen=True, slots=True)
+class IMAPSection:
+    idle_timeout: float = option(
+        1800.0, "Seconds a client may stay silent before it is logged out; RFC 3501 §5.4 asks "
+        "for at least 30 minutes. IDLE sessions are told to renew before this.", _positive_float)
+    max_literal: int = option(
+        64 * 1024 * 1024, "Largest literal (e.g. an APPENDed message) accepted, in bytes; "
+        "a larger one is refused before it is read.", _int_range(1024))
+    max_connections: int = option(
+        1000, "Simultaneous IMAP connections per listener; more are refused with BYE.",
+        _int_range(1, 100000))
+    max_connections_per_user: int = option(
+        50, "Simultaneous logged-in IMAP sessions per user (a phone, a laptop and a tablet "
+        "each open several).", _int_range(1, 10000))
+
+
+@dataclass(frozen=True, slots=True)
 class SubmissionSection:
     reveal_client_ip: bool = option(
         False, "Put the sending client's IP address and HELO name in the Received header of "
@@ -351,6 +367,7 @@ SECTIONS: dict[str, type] = {
     "outbound": OutboundSection,
     "smtp": SMTPSection,
     "submission": SubmissionSection,
+    "imap": IMAPSection,
     "dkim": DKIMSection,
     "accounts": AccountsSection,
     "log": LogSection,
@@ -367,6 +384,7 @@ class Config:
     outbound: OutboundSection
     smtp: SMTPSection
     submission: SubmissionSection
+    imap: IMAPSection
     dkim: DKIMSection
     accounts: AccountsSection
     log: LogSection
