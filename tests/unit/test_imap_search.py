@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import pytest
 
+from server.imap.parser import SearchKey, SequenceSet
 from server.imap.search import Candidate, fold, matches, needs_content, search
-
-
-# Stand-ins shaped like server.imap.parser's SearchKey and SequenceSet (which had not landed
-# when this was written): a frozen (name, args) pair, and (first, last) ranges with None
-# for "*".
-@dataclass(frozen=True)
-class SearchKey:
-    name: str
-    args: tuple = ()
-
-
-@dataclass(frozen=True)
-class SequenceSet:
-    ranges: tuple
-
-    def contains(self, n: int, largest: int) -> bool:
-        if not 1 <= n <= largest:
-            return False
-        for first, last in self.ranges:
-            a = largest if first is None else first
-            b = largest if last is None else last
-            if min(a, b) <= n <= max(a, b):
-                return True
-        return False
 
 
 def K(name: str, *args) -> SearchKey:
@@ -388,3 +364,22 @@ def test_search_loads_each_candidate_at_most_once_and_keeps_order():
     assert found == [candidates[0]]
     assert [c.load.calls for c in candidates] == [1, 0, 1]
     assert search(K("ALL"), candidates, largest_seq=3, largest_uid=30) == candidates
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        (b' CHARSET UTF-8 FROM "j\xc3\xb6rg" SUBJECT "GR\xc3\x9cSSE"', True),
+        (b" OR SEEN BODY latte NOT DELETED 1:* UID 5:*", True),
+        (b' HEADER X-Mailer "" SENTON 2-Jan-2024 ON 2-Jan-2024 MODSEQ 5', True),
+        (b" (UNSEEN TEXT fox) NOT BODY latte", False),
+    ],
+)
+def test_criteria_from_the_real_parser(criteria, expected):
+    from server.imap.grammar.search import parse_search
+
+    parsed, rest = parse_search(memoryview(criteria))
+    assert not rest
+    c = cand()
+    assert (search(parsed.key, [c], largest_seq=3, largest_uid=30) == [c]) == expected
+    assert c.load.calls == 1
