@@ -237,7 +237,11 @@ def test_address_lists(value, expected):
     assert address_list(value) == expected
 
 
-@pytest.mark.parametrize("value", [b"<<<>>>@@@,,;;::", b"((((", b'"\\', b"[", b"a:b:c;d;;", b"\\"])
+@settings(max_examples=500)
+@given(st.one_of(
+    st.sampled_from([b"<<<>>>@@@,,;;::", b"((((", b'"\\', b"[", b"a:b:c;d;;", b"\\"]),
+    st.text(alphabet=' \t"()<>[]@,;:\\.a\xe9', max_size=40).map(lambda s: s.encode()),
+    st.binary(max_size=40)))
 def test_junk_addresses_never_raise_and_never_give_a_nil_host_outside_groups(value):
     got = address_list(value) or []
     depth = 0
