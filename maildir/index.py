@@ -1,0 +1,405 @@
+"""The per-user mail index for IMAP: UIDs, MODSEQs, flags, sizes and cached blobs, in SQLite.
+
+Layout.  ``MailboxIndex(root)`` opens ``<root>/mailstead-index.sqlite3`` (index_sql.py) and
+hands out one ``FolderIndex`` per folder name ("INBOX", "Sent", "Lists.python").  UIDs come
+from each folder's uidlist (uidlist.py), the only durable record of them: delete the SQLite
+file and it is rebuilt from the Maildir with the same UIDVALIDITY and UIDs.  Flags live in
+the file names (keywords.py), so other Maildir programs see ours and we see theirs.
+
+Keeping up with other writers.  The SMTP delivery threads, mutt or a POP3 server change the
+directories without asking us.  ``sync()`` notices (index_sync.py): for an unchanged folder
+it costs two stat() calls and one SELECT; otherwise one listing of the changed directory.
+
+Using it from an IMAP session.  SELECT: ``sync()``, then ``changes_since(0)`` (all messages,
+HIGHESTMODSEQ and UIDNEXT from one snapshot) and ``status()``.  Keep the UID list and the
+HIGHESTMODSEQ you reported.  NOOP, IDLE polls, after commands: ``sync()`` then
+``changes_since(last HIGHESTMODSEQ)``: messages with a UID you have not seen are new (EXISTS),
+the others changed (FETCH FLAGS), ``expunged`` are EXPUNGE/VANISHED.  This works whoever made
+the change: another session, another process, another program.  ``SyncResult.added`` hands
+each message found on disk to exactly one ``sync()`` caller in the process: that session may
+show it as \\Recent (IMAP4rev1 only).  STORE/EXPUNGE/COPY/MOVE sync before they change
+anything; what those syncs find is returned by the next ``sync()``.
+
+MODSEQ (RFC 7162).  Every change to a message's flags, every new message and every expunge
+takes the folder's next MODSEQ (one per operation, shared by the messages it touched, which
+RFC 7162 allows).  The rule that keeps MODSEQs from ever going backwards, even when the
+index is lost or a power cut undoes its last commits:
+
+    Every MODSEQ handed out is <= the uidlist's modseq floor, which is raised (appended and
+    fsynced) in blocks of MODSEQ_BLOCK before a MODSEQ above it is used.  Whenever a process
+    first opens a folder, and whenever the index is rebuilt, the folder's HIGHESTMODSEQ jumps
+    to that floor; rebuilt messages get floor + 1.
+
+So a restart costs up to MODSEQ_BLOCK unused values (MODSEQs are 63-bit) and a rebuild makes
+QRESYNC clients refetch flags, which is the right thing after losing them.
+
+Threads and processes.  One ``MailboxIndex`` per user per process, shared by all sessions.
+Readers run concurrently (one SQLite connection per thread, WAL).  Writers of one folder are
+serialised by the uidlist lock: a thread lock plus flock, so the admin CLI in another
+process is serialised too.  Writers of different folders only meet at SQLite's short commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from maildir import index_copy, index_ops
+from maildir import index_sql as sql
+from maildir.folders import INBOX, folder_path, is_inbox
+from maildir.index_state import MODSEQ_BLOCK, FolderState
+from maildir.index_sync import SyncResult, sync_folder
+from maildir.keywords import imap_flags, split_keywords
+
+DEFAULT_DIRTY_WINDOW = 2.0  # seconds; see index_sync for what it trades
+
+__all__ = [
+    "MODSEQ_BLOCK",
+    "Changes",
+    "FolderIndex",
+    "FolderStatus",
+    "MailboxIndex",
+    "MessageGone",
+    "MessageInfo",
+    "SyncResult",
+]
+
+
+class MessageInfo(NamedTuple):
+    """One message as IMAP sees it.  ``flags`` holds system flags and keywords, e.g.
+    ``{"\\Seen", "$Forwarded", "Junk"}``; ``size`` is RFC822.SIZE; ``internal_date`` is
+    seconds since the epoch (the file's mtime when it was indexed)."""
+
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internal_date: int
+    modseq: int
+
+
+class FolderStatus(NamedTuple):
+    """Everything STATUS and SELECT report, from one snapshot.  ``first_unseen`` is a UID."""
+
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    unseen: int
+    first_unseen: int | None
+    size: int
+
+
+class Changes(NamedTuple):
+    """What changed after a MODSEQ (from one snapshot): ``messages`` with a higher MODSEQ
+    (new ones included, in UID order) and the UIDs ``expunged`` since."""
+
+    highestmodseq: int
+    uidnext: int
+    messages: list[MessageInfo]
+    expunged: list[int]
+
+
+class MessageGone(LookupError):
+    """The UID is not (or no longer) in the folder: expunged, or never existed."""
+
+
+def _infos(rows: Iterable[tuple]) -> list[MessageInfo]:
+    return [
+        MessageInfo(uid, imap_flags(bits, kws), size, date, modseq)
+        for uid, bits, kws, size, date, modseq in rows
+    ]
+
+
+class MailboxIndex:
+    """The index of one user's Maildir at ``root``.  Use one per user per process.
+
+    ``dirty_window``: how long a directory mtime is not taken as proof (see index_sync).
+    ``check``: run ``PRAGMA quick_check`` on opening (~40 ms for 100,000 messages) so that a
+    damaged file is rebuilt rather than failing later.
+    """
+
+    def __init__(
+        self, root: Path, *, dirty_window: float = DEFAULT_DIRTY_WINDOW, check: bool = True
+    ) -> None:
+        self.root = Path(root)
+        self.db_path = self.root / sql.DB_NAME
+        self.dirty_window = dirty_window
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._folders: dict[str, FolderIndex] = {}
+        sql.prepare(self.db_path, check=check)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sql.connect(self.db_path)
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def folder(self, name: str) -> FolderIndex:
+        """The index of folder ``name``, synced on first use in this process.
+
+        ValueError for an invalid name, FileNotFoundError if the folder does not exist.
+        """
+        canonical = INBOX if is_inbox(name) else name
+        with self._lock:
+            folder = self._folders.get(canonical)
+            if folder is None:
+                path = folder_path(self.root, canonical)
+                if not (path / "cur").is_dir():
+                    raise FileNotFoundError(f"no such folder: {name!r}")
+                folder = self._folders[canonical] = FolderIndex(self, canonical, path)
+        folder._ensure_open()
+        return folder
+
+    def forget(self, name: str) -> None:
+        """Drop a folder's rows, after IMAP DELETE or RENAME moved its directory away.
+
+        A renamed folder keeps its uidlist (it is inside the directory), so it gets its
+        UIDs and UIDVALIDITY back when opened under the new name.
+        """
+        canonical = INBOX if is_inbox(name) else name
+        with self._lock:
+            self._folders.pop(canonical, None)
+        conn = self._conn()
+        with sql.write_txn(conn):
+            row = sql.get_folder(conn, canonical)
+            if row is not None:
+                sql.drop_folder(conn, row.id)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._folders.clear()
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> MailboxIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FolderIndex(FolderState):
+    """One folder's index.  Thread-safe; get it from ``MailboxIndex.folder``.
+
+    The state it keeps and its writer lock are in index_state.FolderState; index_sync,
+    index_ops and index_copy do the work.
+    """
+
+    def __init__(self, index: MailboxIndex, name: str, directory: Path) -> None:
+        super().__init__(index, name, directory)
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._unreported = SyncResult()
+
+    def __repr__(self) -> str:
+        return f"<FolderIndex {self.name!r} at {self.directory}>"
+
+    def _ensure_open(self) -> None:
+        """First use in this process: jump HIGHESTMODSEQ to the uidlist's floor (the rule
+        above), then sync."""
+        with self._open_lock:
+            if self._opened:
+                return
+            conn = self._conn()
+            with self._writing():
+                row = self._row(conn)
+                jump = max(row.highestmodseq, self._uidlist.modseq_floor)
+                with sql.write_txn(conn):
+                    sql.update_folder(conn, row.id, highestmodseq=jump, modseq_limit=jump)
+                sync_folder(self)
+            self._opened = True
+
+    # -- syncing -------------------------------------------------------------------------
+
+    def sync(self, full: bool = False) -> SyncResult:
+        """Pick up what other programs did in new/ and cur/ (see index_sync for costs).
+
+        ``full`` lists both directories whatever their mtimes say.  Also returns what the
+        syncs inside store_flags/expunge/copy/move found since the last call, so that every
+        new message is reported as ``added`` to exactly one caller.
+        """
+        result = sync_folder(self, full)
+        if result.expunged or self._unreported:  # else: no lock, the fast path stays fast
+            with self._writing():
+                if result.expunged:
+                    self._maybe_compact(self._conn())
+                result = self._unreported.merged(result)
+                self._unreported = SyncResult()
+        return result
+
+    def _sync_before_change(self, full: bool = False) -> None:
+        """Catch up before changing, so a STORE starts from the flags the files have now and
+        UNCHANGEDSINCE sees other programs' changes; the next sync() reports the findings."""
+        with self._writing():
+            self._unreported = self._unreported.merged(sync_folder(self, full))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def messages(self) -> list[MessageInfo]:
+        """All messages in UID order (one SELECT)."""
+        return _infos(sql.info_rows(self._conn(), self._id))
+
+    def uids(self) -> list[int]:
+        query = "SELECT uid FROM messages WHERE folder = ? ORDER BY uid"
+        return [uid for (uid,) in self._conn().execute(query, (self._id,))]
+
+    def get(self, uid: int) -> MessageInfo | None:
+        infos = _infos(sql.info_rows(self._conn(), self._id, uid=uid))
+        return infos[0] if infos else None
+
+    def get_many(self, uids: Iterable[int]) -> dict[int, MessageInfo]:
+        """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID."""
+        return {info.uid: info for info in _infos(sql.info_rows_of(self._conn(), self._id, uids))}
+
+    def changes_since(self, modseq: int) -> Changes:
+        """Messages with MODSEQ > ``modseq`` and UIDs expunged after it, with the folder's
+        HIGHESTMODSEQ and UIDNEXT, all from one snapshot.  ``changes_since(0)`` is the
+        whole folder (SELECT); a session passes its last HIGHESTMODSEQ to poll."""
+        conn = self._conn()
+        with sql.read_txn(conn):
+            row = sql.folder_by_id(conn, self._id)
+            if modseq <= 0:
+                messages, expunged = _infos(sql.info_rows(conn, self._id)), []
+            else:
+                messages = _infos(sql.info_rows(conn, self._id, since=modseq))
+                expunged = sql.expunged_since(conn, self._id, modseq)
+        return Changes(row.highestmodseq, row.uidnext, messages, expunged)
+
+    def status(self) -> FolderStatus:
+        conn = self._conn()
+        with sql.read_txn(conn):
+            row = sql.folder_by_id(conn, self._id)
+            count, size, unseen, first = sql.counts(conn, self._id)
+        return FolderStatus(
+            row.uidvalidity, row.uidnext, row.highestmodseq, count, unseen, first, size
+        )
+
+    @property
+    def uidvalidity(self) -> int:
+        return sql.folder_by_id(self._conn(), self._id).uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return sql.folder_by_id(self._conn(), self._id).uidnext
+
+    @property
+    def highestmodseq(self) -> int:
+        return sql.folder_by_id(self._conn(), self._id).highestmodseq
+
+    @property
+    def count(self) -> int:
+        query = "SELECT count(*) FROM messages WHERE folder = ?"
+        return self._conn().execute(query, (self._id,)).fetchone()[0]
+
+    @property
+    def unseen_count(self) -> int:
+        return self.status().unseen
+
+    @property
+    def first_unseen(self) -> int | None:
+        """UID of the first message without \\Seen (the session maps it to a sequence number)."""
+        return self.status().first_unseen
+
+    @property
+    def total_size(self) -> int:
+        return self.status().size
+
+    def keywords(self) -> list[str]:
+        """Keywords defined in this folder (for FLAGS / PERMANENTFLAGS), sorted."""
+        self._keywords.refresh()
+        names = set(self._keywords.names())
+        query = "SELECT DISTINCT keywords FROM messages WHERE folder = ? AND keywords != ''"
+        for (text,) in self._conn().execute(query, (self._id,)):
+            names.update(split_keywords(text))
+        return sorted(names)
+
+    def path(self, uid: int) -> Path:
+        query = "SELECT subdir, name FROM messages WHERE folder = ? AND uid = ?"
+        row = self._conn().execute(query, (self._id, uid)).fetchone()
+        if row is None:
+            raise MessageGone(uid)
+        return self.directory / row[0] / row[1]
+
+    def open(self, uid: int) -> BinaryIO:
+        """The message file, opened for reading.  MessageGone if it is not in the folder.
+
+        If another program renamed it since our last sync, one full sync finds it again.
+        """
+        for attempt in range(2):
+            try:
+                return open(self.path(uid), "rb")  # noqa: SIM115 -- the caller closes it
+            except FileNotFoundError:
+                if attempt == 0:
+                    self._sync_before_change(full=True)
+        raise MessageGone(uid)
+
+    def read(self, uid: int) -> bytes:
+        with self.open(uid) as f:
+            return f.read()
+
+    # -- cached blobs (ENVELOPE, BODYSTRUCTURE, ...) -------------------------------------
+
+    def get_cached(self, uid: int, kind: str) -> bytes | str | None:
+        return sql.get_cache(self._conn(), self._id, [uid], kind).get(uid)
+
+    def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes | str]:
+        return sql.get_cache(self._conn(), self._id, uids, kind)
+
+    def put_cached(self, uid: int, kind: str, value: bytes | str) -> None:
+        self.put_cached_many(kind, [(uid, value)])
+
+    def put_cached_many(self, kind: str, items: Iterable[tuple[int, bytes | str]]) -> None:
+        """Store derived blobs in one transaction; UIDs no longer in the folder are skipped.
+
+        A message file never changes, so an entry stays valid until the message goes.
+        """
+        conn = self._conn()
+        with sql.write_txn(conn):
+            sql.put_cache(conn, self._id, kind, items)
+
+    # -- changing (index_ops.py) ---------------------------------------------------------
+
+    def store_flags(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str = "replace",
+        unchangedsince: int | None = None,
+    ) -> tuple[list[MessageInfo], list[int]]:
+        """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
+        changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
+        ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword)."""
+        rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
+        return [
+            MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date, r.modseq)
+            for r in rows
+        ], failed
+
+    def append(
+        self, data: bytes, flags: Iterable[str] = (), internal_date: float | datetime | None = None
+    ) -> int:
+        """APPEND ``data`` (CRLF line ends) with ``flags``; returns its UID (APPENDUID)."""
+        return index_ops.append(self, data, flags, internal_date)
+
+    def copy(self, uids: Iterable[int], dest: FolderIndex) -> list[tuple[int, int]]:
+        """COPY; returns (source UID, new UID) pairs for COPYUID (RFC 4315)."""
+        return index_copy.copy(self, uids, dest)
+
+    def move(self, uids: Iterable[int], dest: FolderIndex) -> list[tuple[int, int]]:
+        """MOVE (RFC 6851): renamed into ``dest``; returns (source UID, new UID) pairs."""
+        return index_copy.move(self, uids, dest)
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Delete these messages (whatever their flags); returns the UIDs that went."""
+        return index_ops.expunge(self, uids)

@@ -1,0 +1,224 @@
+"""Changing a folder through its index: STORE, APPEND and EXPUNGE (COPY, MOVE: index_copy).
+
+Each operation changes the files first and the index second, under the folder's writer lock,
+so a crash in between leaves files the next sync() reads back correctly: a renamed file is
+a flag change, a missing one an expunge, a new one a new message.  Each takes one new MODSEQ
+for all the messages it touched.
+
+Another program may rename or delete a file between our SELECT and our rename/link/unlink
+(mutt setting \\Seen, a POP3 client deleting).  Then the file is looked up again by its base
+name; if it is gone for good the message is skipped, and the next sync() reports it expunged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from maildir import index_sql as sql
+from maildir import quota
+from maildir.deliver import Delivery, deliver
+from maildir.flags import with_flags
+from maildir.index_state import info_name, locate, split_name
+from maildir.index_sync import dir_fresh, own_change_record
+from maildir.keywords import (
+    bits_of_letters,
+    join_keywords,
+    letters_of_bits,
+    parse_flags,
+    split_keywords,
+)
+from maildir.safeio import fsync_dir, unlink_quiet
+
+if TYPE_CHECKING:
+    from maildir.index import FolderIndex
+
+MODES = ("add", "remove", "replace")
+
+
+def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:
+    return letters_of_bits(bits) + fi._keywords.letters_of(keywords)
+
+
+def _canonical(fi: FolderIndex, keywords: Iterable[str]) -> set[str]:
+    fi._keywords.refresh()
+    return {fi._keywords.canonical(k) for k in keywords}
+
+
+def _apply_mode(mode: str, bits: int, kws: set[str], arg_bits: int, arg_kws: set[str]):
+    if mode == "add":
+        return bits | arg_bits, kws | arg_kws
+    if mode == "remove":
+        lower = {k.lower() for k in arg_kws}
+        return bits & ~arg_bits, {k for k in kws if k.lower() not in lower}
+    return arg_bits, set(arg_kws)
+
+
+def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
+    """Returns (changed rows with their new MODSEQ, UIDs refused by UNCHANGEDSINCE)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    arg_bits, arg_kws = parse_flags(flags)
+    conn = fi._conn()
+    with fi._writing():
+        fi._sync_before_change()
+        row = fi._row(conn)
+        cur_fresh = dir_fresh(fi, row, "cur", time.time_ns())
+        arg_kws = _canonical(fi, arg_kws)
+        rows = sql.message_rows(conn, row.id, uids)
+        # RFC 7162 §3.1.3: a message changed since UNCHANGEDSINCE is not touched and its UID
+        # is reported in [MODIFIED].
+        failed = [r.uid for r in rows if unchangedsince is not None and r.modseq > unchangedsince]
+        skip = set(failed)
+        plan = []
+        for r in rows:
+            if r.uid in skip:
+                continue
+            old_kws = set(split_keywords(r.keywords))
+            bits, kws = _apply_mode(mode, r.flags, old_kws, arg_bits, arg_kws)
+            if (bits, join_keywords(kws)) != (r.flags, r.keywords):
+                plan.append((r, bits, kws))
+        if not plan:
+            return [], failed
+        fi._keywords.assign(arg_kws)
+        done = []
+        directory = str(fi.directory)
+        for r, bits, kws in plan:
+            new_name = info_name(r.name, _letters(fi, bits, kws))
+            try:
+                os.rename(f"{directory}/{r.subdir}/{r.name}", f"{directory}/cur/{new_name}")
+            except FileNotFoundError:
+                where = locate(fi, r.base)
+                if where is None:
+                    continue  # deleted by another program: the next sync() expunges it
+                # Renamed by another program: apply the STORE to the flags it has now.
+                letters = split_name(where[1])[3]
+                now_kws = fi._keywords.names_of(letters) | {
+                    k for k in split_keywords(r.keywords) if not fi._keywords.has_letter(k)
+                }
+                bits, kws = _apply_mode(mode, bits_of_letters(letters), now_kws, arg_bits, arg_kws)
+                new_name = info_name(where[1], _letters(fi, bits, kws))
+                try:
+                    os.rename(fi.directory / where[0] / where[1], fi.directory / "cur" / new_name)
+                except FileNotFoundError:
+                    continue
+            done.append(
+                r._replace(flags=bits, keywords=join_keywords(kws), subdir="cur", name=new_name)
+            )
+        if not done:
+            return [], failed
+        with sql.write_txn(conn):
+            modseq = fi._allocate_modseq(conn, row)
+            done = [d._replace(modseq=modseq) for d in done]
+            sql.update_files(conn, row.id, done)
+            values = {"highestmodseq": modseq, "version": row.version + 1}
+            if cur_fresh:
+                values.update(own_change_record(fi, row.cur_recheck))
+            sql.update_folder(conn, row.id, **values)
+        fi._after_commit(row.version, _moved_rows(done))
+    return done, failed
+
+
+def _moved_rows(rows: list[sql.MsgRow]):
+    def update(known) -> None:
+        for r in rows:
+            known.remove(r.base)
+            known.add(r.uid, r.base, r.subdir, r.name)
+
+    return update
+
+
+def _removed_bases(bases: list[str]):
+    def update(known) -> None:
+        for base in bases:
+            known.remove(base)
+
+    return update
+
+
+def append(fi: FolderIndex, data: bytes, flags, internal_date) -> int:
+    bits, kws = parse_flags(flags)
+    when = internal_date.timestamp() if isinstance(internal_date, datetime) else internal_date
+    conn = fi._conn()
+    with fi._writing():
+        row = fi._row(conn)
+        cur_fresh = dir_fresh(fi, row, "cur", time.time_ns())
+        kws = _canonical(fi, kws)
+        fi._keywords.assign(kws)
+        [path] = deliver([Delivery(fi.directory, [data])])
+        base = split_name(path.name)[0]
+        target = fi.directory / "cur" / with_flags(path.name, _letters(fi, bits, kws))
+        try:
+            if when is not None:
+                os.utime(path, (when, when))  # RFC 3501 §6.3.11: the date-time argument
+            os.rename(path, target)
+            fsync_dir(target.parent)  # APPEND's OK promises the message (with its flags)
+            mtime = int(os.stat(target).st_mtime)
+            [uid] = fi._uidlist.assign([base])
+            with sql.write_txn(conn):
+                modseq = fi._allocate_modseq(conn, row)
+                new = sql.MsgRow(
+                    uid,
+                    modseq,
+                    bits,
+                    join_keywords(kws),
+                    len(data),
+                    mtime,
+                    base,
+                    "cur",
+                    target.name,
+                )
+                sql.insert_messages(conn, row.id, [new])
+                values = {
+                    "uidnext": fi._uidlist.next_uid,
+                    "highestmodseq": modseq,
+                    "version": row.version + 1,
+                }
+                if cur_fresh:
+                    values.update(own_change_record(fi, row.cur_recheck))
+                sql.update_folder(conn, row.id, **values)
+        except BaseException:
+            unlink_quiet(path)
+            unlink_quiet(target)
+            raise
+        fi._after_commit(row.version, _moved_rows([new]))
+    quota.record(fi.index.root, len(data), 1)
+    return uid
+
+
+def expunge(fi: FolderIndex, uids) -> list[int]:
+    conn = fi._conn()
+    with fi._writing():
+        fi._sync_before_change()
+        row = fi._row(conn)
+        cur_fresh = dir_fresh(fi, row, "cur", time.time_ns())
+        rows = sql.message_rows(conn, row.id, uids)
+        if not rows:
+            return []
+        touched = set()
+        for r in rows:
+            try:
+                os.unlink(fi.directory / r.subdir / r.name)
+                touched.add(r.subdir)
+            except FileNotFoundError:
+                where = locate(fi, r.base)
+                if where is not None:
+                    unlink_quiet(fi.directory / where[0] / where[1])
+                    touched.add(where[0])
+        # One fsync for the whole EXPUNGE, so that a crash cannot bring messages back.
+        for subdir in touched:
+            fsync_dir(fi.directory / subdir)
+        with sql.write_txn(conn):
+            modseq = fi._allocate_modseq(conn, row)
+            sql.delete_messages(conn, row.id, [r.uid for r in rows], modseq)
+            values = {"highestmodseq": modseq, "version": row.version + 1}
+            if cur_fresh:
+                values.update(own_change_record(fi, row.cur_recheck))
+            sql.update_folder(conn, row.id, **values)
+        fi._after_commit(row.version, _removed_bases([r.base for r in rows]))
+        fi._maybe_compact(conn)
+    quota.record(fi.index.root, -sum(r.size for r in rows), -len(rows))
+    return [r.uid for r in rows]

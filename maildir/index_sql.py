@@ -1,0 +1,361 @@
+"""The SQLite side of the mail index: schema, connections, transactions and row helpers.
+
+One database per user at the Maildir root (``mailstead-index.sqlite3``), in WAL mode so that
+readers in other threads and processes never wait for a writer.  It is a cache: a missing,
+corrupt or old-schema file is set aside and rebuilt from the Maildir and the uidlists.
+``synchronous=NORMAL`` is enough for a cache: a power cut may lose the last commits, which
+the next sync redoes from the file names (see index.py for why MODSEQs stay safe).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+DB_NAME = "mailstead-index.sqlite3"
+SCHEMA_VERSION = 1
+
+# Another process (the admin CLI) or another folder's writer may hold the write lock for a
+# moment; SQLite's busy handler waits this long before giving up with "database is locked".
+BUSY_TIMEOUT = 30.0
+
+# Parameters per "IN (...)" query; SQLite's default limit is 32766 since 3.32.
+CHUNK = 900
+
+_TABLES = ("folders", "messages", "expunged", "cache")
+_SCHEMA = (
+    # new_/cur_recheck: 0 = the recorded mtime proves the directory unchanged; -1 = list it
+    # on every sync (new/ changed too recently to trust its mtime); > 0 = trust the mtime
+    # until this time (ns), then list once.  See index_sync.
+    # AUTOINCREMENT: a folder dropped and re-created never gets its old id back, so an
+    # in-memory file list keyed by (id, version) cannot be taken for the new folder's.
+    """CREATE TABLE folders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL,
+        modseq_limit INTEGER NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0,
+        new_mtime INTEGER NOT NULL DEFAULT -1,
+        new_recheck INTEGER NOT NULL DEFAULT -1,
+        cur_mtime INTEGER NOT NULL DEFAULT -1,
+        cur_recheck INTEGER NOT NULL DEFAULT -1)""",
+    """CREATE TABLE messages (
+        folder INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        keywords TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        internal_date INTEGER NOT NULL,
+        base TEXT NOT NULL,
+        subdir TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (folder, uid)) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX messages_base ON messages (folder, base)",
+    "CREATE INDEX messages_modseq ON messages (folder, modseq)",
+    # Partial index: STATUS (UNSEEN) and SELECT's first-unseen touch only unseen rows.
+    "CREATE INDEX messages_unseen ON messages (folder, uid) WHERE flags & 1 = 0",
+    # Tombstones: which UIDs went when (QRESYNC's VANISHED), and never to reuse them.
+    """CREATE TABLE expunged (
+        folder INTEGER NOT NULL, uid INTEGER NOT NULL, modseq INTEGER NOT NULL,
+        PRIMARY KEY (folder, uid)) WITHOUT ROWID""",
+    "CREATE INDEX expunged_modseq ON expunged (folder, modseq)",
+    # Blobs the IMAP layer derives from a message (ENVELOPE, BODYSTRUCTURE); apart from
+    # messages so that listing a folder never pages through them.
+    """CREATE TABLE cache (
+        folder INTEGER NOT NULL, uid INTEGER NOT NULL, kind TEXT NOT NULL, value BLOB,
+        PRIMARY KEY (folder, uid, kind)) WITHOUT ROWID""",
+)
+
+
+class FolderRow(NamedTuple):
+    id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    modseq_limit: int
+    version: int
+    new_mtime: int
+    new_recheck: int
+    cur_mtime: int
+    cur_recheck: int
+
+
+class MsgRow(NamedTuple):
+    uid: int
+    modseq: int
+    flags: int
+    keywords: str
+    size: int
+    internal_date: int
+    base: str
+    subdir: str
+    name: str
+
+
+FOLDER_COLUMNS = ", ".join(FolderRow._fields)
+MSG_COLUMNS = ", ".join(MsgRow._fields)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False only so that close() may run in another thread; each
+    # connection is used by the one thread that opened it (MailboxIndex keeps one per thread).
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # Reads of a 100k-message folder go through the page cache shared by all connections.
+    conn.execute("PRAGMA mmap_size=268435456")
+    return conn
+
+
+@contextmanager
+def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front, never upgrade mid-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def read_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One snapshot for several SELECTs (WAL: never blocks, never blocked)."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
+def prepare(path: Path, check: bool = True) -> bool:
+    """Make ``path`` a usable index; True if it was (re)created empty.
+
+    A file SQLite cannot read, that fails ``PRAGMA quick_check`` or has another schema
+    version is set aside as ``<name>.corrupt`` (kept for a post-mortem) and replaced.
+    """
+    try:
+        return _prepare(path, check)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # "database is locked", I/O errors: not a reason to throw the index away
+        set_aside(path)
+        return _prepare(path, check)
+
+
+def set_aside(path: Path) -> None:
+    os.replace(path, path.with_name(path.name + ".corrupt"))
+    for suffix in ("-wal", "-shm"):
+        # The journal belongs to the old file; next to a new one SQLite would misapply it.
+        try:
+            os.unlink(path.with_name(path.name + suffix))
+        except FileNotFoundError:
+            pass
+
+
+def _prepare(path: Path, check: bool) -> bool:
+    try:
+        # Created by us first so that it is 0600 whatever the umask; SQLite gives its
+        # -wal and -shm files the same permissions.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            if check:
+                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {result}")
+            return False
+        with write_txn(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return False  # another process created it meanwhile
+            for table in _TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return True
+    finally:
+        conn.close()
+
+
+def chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def get_folder(conn: sqlite3.Connection, name: str) -> FolderRow | None:
+    row = conn.execute(f"SELECT {FOLDER_COLUMNS} FROM folders WHERE name = ?", (name,)).fetchone()
+    return FolderRow(*row) if row else None
+
+
+def folder_by_id(conn: sqlite3.Connection, folder_id: int) -> FolderRow:
+    row = conn.execute(f"SELECT {FOLDER_COLUMNS} FROM folders WHERE id = ?", (folder_id,))
+    return FolderRow(*row.fetchone())
+
+
+def drop_folder(conn: sqlite3.Connection, folder_id: int) -> None:
+    for table in ("messages", "expunged", "cache"):
+        conn.execute(f"DELETE FROM {table} WHERE folder = ?", (folder_id,))
+    conn.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
+
+
+def create_folder(
+    conn: sqlite3.Connection, name: str, uidvalidity: int, uidnext: int, modseq: int
+) -> None:
+    conn.execute(
+        "INSERT INTO folders (name, uidvalidity, uidnext, highestmodseq, modseq_limit)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (name, uidvalidity, uidnext, modseq, modseq),
+    )
+
+
+_FOLDER_UPDATABLE = frozenset(FolderRow._fields) - {"id", "name", "uidvalidity"}
+
+
+def update_folder(conn: sqlite3.Connection, folder_id: int, **values: int) -> None:
+    assert values.keys() <= _FOLDER_UPDATABLE, values.keys() - _FOLDER_UPDATABLE
+    sets = ", ".join(f"{column} = ?" for column in values)
+    conn.execute(f"UPDATE folders SET {sets} WHERE id = ?", (*values.values(), folder_id))
+
+
+def message_rows(conn: sqlite3.Connection, folder_id: int, uids: Iterable[int]) -> list[MsgRow]:
+    """Rows of the given UIDs that exist, in UID order."""
+    wanted = sorted(set(uids))
+    query = f"SELECT {MSG_COLUMNS} FROM messages WHERE folder = ?"
+    if len(wanted) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
+        keep = set(wanted)
+        rows = conn.execute(query + " ORDER BY uid", (folder_id,))
+        return [MsgRow(*row) for row in rows if row[0] in keep]
+    result: list[MsgRow] = []
+    for part in chunks(wanted):
+        marks = ",".join("?" * len(part))
+        cursor = conn.execute(f"{query} AND uid IN ({marks}) ORDER BY uid", (folder_id, *part))
+        result.extend(MsgRow(*row) for row in cursor)
+    return result
+
+
+def insert_messages(conn: sqlite3.Connection, folder_id: int, rows: Iterable[MsgRow]) -> None:
+    conn.executemany(
+        f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ((folder_id, *row) for row in rows),
+    )
+
+
+def update_files(conn: sqlite3.Connection, folder_id: int, rows: Iterable[MsgRow]) -> None:
+    """Store new flags, keywords, modseq and file name for existing rows."""
+    conn.executemany(
+        "UPDATE messages SET modseq = ?, flags = ?, keywords = ?, subdir = ?, name = ?"
+        " WHERE folder = ? AND uid = ?",
+        ((r.modseq, r.flags, r.keywords, r.subdir, r.name, folder_id, r.uid) for r in rows),
+    )
+
+
+def delete_messages(
+    conn: sqlite3.Connection, folder_id: int, uids: Sequence[int], modseq: int
+) -> None:
+    """Remove messages, their cached blobs, and leave tombstones at ``modseq``."""
+    params = [(folder_id, uid) for uid in uids]
+    conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", params)
+    conn.executemany("DELETE FROM cache WHERE folder = ? AND uid = ?", params)
+    conn.executemany(
+        "INSERT OR REPLACE INTO expunged (folder, uid, modseq) VALUES (?, ?, ?)",
+        [(folder_id, uid, modseq) for uid in uids],
+    )
+
+
+def uid_retired(conn: sqlite3.Connection, folder_id: int, uid: int) -> bool:
+    """True if ``uid`` is in use by a message or was expunged: it must not be given again."""
+    query = (
+        "SELECT 1 FROM messages WHERE folder = ?1 AND uid = ?2"
+        " UNION ALL SELECT 1 FROM expunged WHERE folder = ?1 AND uid = ?2 LIMIT 1"
+    )
+    return conn.execute(query, (folder_id, uid)).fetchone() is not None
+
+
+# -- reading, for FolderIndex ------------------------------------------------------------------
+
+_INFO = "SELECT uid, flags, keywords, size, internal_date, modseq FROM messages"
+
+
+def info_rows(
+    conn: sqlite3.Connection, folder_id: int, *, uid: int | None = None, since: int = 0
+) -> sqlite3.Cursor:
+    """(uid, flags, keywords, size, internal_date, modseq) rows in UID order: one message,
+    those with MODSEQ > ``since``, or all."""
+    if uid is not None:
+        return conn.execute(f"{_INFO} WHERE folder = ? AND uid = ?", (folder_id, uid))
+    if since > 0:
+        # INDEXED BY: left alone, SQLite walks the whole folder in UID order to avoid a
+        # sort: 5 ms at 100k messages for an IDLE poll that usually finds nothing.
+        return conn.execute(
+            f"{_INFO} INDEXED BY messages_modseq WHERE folder = ? AND modseq > ? ORDER BY uid",
+            (folder_id, since),
+        )
+    return conn.execute(f"{_INFO} WHERE folder = ? ORDER BY uid", (folder_id,))
+
+
+def info_rows_of(conn: sqlite3.Connection, folder_id: int, uids: Iterable[int]) -> list[tuple]:
+    """Info rows of the given UIDs that exist, in UID order."""
+    wanted = sorted(set(uids))
+    if len(wanted) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
+        keep = set(wanted)
+        return [row for row in info_rows(conn, folder_id) if row[0] in keep]
+    rows: list[tuple] = []
+    for part in chunks(wanted):
+        marks = ",".join("?" * len(part))
+        query = f"{_INFO} WHERE folder = ? AND uid IN ({marks}) ORDER BY uid"
+        rows.extend(conn.execute(query, (folder_id, *part)))
+    return rows
+
+
+def expunged_since(conn: sqlite3.Connection, folder_id: int, modseq: int) -> list[int]:
+    query = "SELECT uid FROM expunged WHERE folder = ? AND modseq > ? ORDER BY uid"
+    return [uid for (uid,) in conn.execute(query, (folder_id, modseq))]
+
+
+def counts(conn: sqlite3.Connection, folder_id: int) -> tuple[int, int, int, int | None]:
+    """(messages, total size, unseen, first unseen UID); the unseen ones via their index."""
+    count, size = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE folder = ?", (folder_id,)
+    ).fetchone()
+    unseen, first = conn.execute(
+        "SELECT count(*), min(uid) FROM messages WHERE folder = ? AND flags & 1 = 0",
+        (folder_id,),
+    ).fetchone()
+    return count, size, unseen, first
+
+
+def get_cache(
+    conn: sqlite3.Connection, folder_id: int, uids: Iterable[int], kind: str
+) -> dict[int, bytes | str]:
+    result: dict[int, bytes | str] = {}
+    for part in chunks(sorted(set(uids))):
+        marks = ",".join("?" * len(part))
+        query = f"SELECT uid, value FROM cache WHERE folder = ? AND kind = ? AND uid IN ({marks})"
+        result.update(conn.execute(query, (folder_id, kind, *part)))
+    return result
+
+
+def put_cache(
+    conn: sqlite3.Connection, folder_id: int, kind: str, items: Iterable[tuple[int, bytes | str]]
+) -> None:
+    """Store blobs for UIDs that still exist (a message expunged meanwhile is skipped)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO cache (folder, uid, kind, value) SELECT ?1, ?2, ?3, ?4"
+        " WHERE EXISTS (SELECT 1 FROM messages WHERE folder = ?1 AND uid = ?2)",
+        [(folder_id, uid, kind, value) for uid, value in items],
+    )

@@ -1,0 +1,213 @@
+"""What a folder's index keeps between calls, and the rules for changing it.
+
+``FolderState`` is the part of ``FolderIndex`` that index_sync, index_ops and index_copy
+work with: the writer lock (the uidlist's: a thread lock plus flock), the folder row kept
+matching the uidlist, MODSEQ allocation under the rule in index.py, the in-memory list of
+the folder's file names, and uidlist compaction.  Also the file-name helpers they share.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from maildir import index_sql as sql
+from maildir.flags import VALID_FLAGS
+from maildir.keywords import KeywordMap
+from maildir.naming import parse_name
+from maildir.uidlist import UidList, UidListCorrupt, allocate_uidvalidity
+
+if TYPE_CHECKING:
+    from maildir.index import MailboxIndex
+
+# MODSEQs are reserved in the uidlist this many at a time (see the rule in index.py).
+MODSEQ_BLOCK = 1000
+# The uidlist is compacted when it holds this many more lines than there are messages.
+COMPACT_SLACK = 1000
+
+# parse_name is general and costs ~6 us per name: 0.6 s of a 100k-message first sync.
+# Names of the usual shape (no comma or colon in the unique part) take this regex instead,
+# which gives exactly parse_name's answer for them; everything else falls back to it.
+_USUAL_NAME = re.compile(
+    r"([^,:]+)(?:,S=(0|[1-9][0-9]{0,18}))?(?:,W=(0|[1-9][0-9]{0,18}))?(?::(.*))?", re.S
+)
+
+
+def split_name(name: str) -> tuple[str, int | None, int | None, str]:
+    """``(base, size, vsize, flags)`` of a file name, as ``parse_name`` gives them."""
+    match = _USUAL_NAME.fullmatch(name)
+    if match:
+        base, size, vsize, info = match.groups()
+        flags = "".join(sorted(set(info[2:]))) if info and info.startswith("2,") else ""
+        return base, int(size) if size else None, int(vsize) if vsize else None, flags
+    parsed = parse_name(name)
+    return parsed.base, parsed.size, parsed.vsize, parsed.flags
+
+
+def info_name(name: str, letters: str) -> str:
+    """``name`` with its info set to ``:2,<letters>`` (sorted; letters outside VALID_FLAGS,
+    written by some other program, are dropped).  ``flags.with_flags`` without its
+    re-validation of a name that came from listdir: hot in syncs and STOREs."""
+    kept = "".join(sorted({ch for ch in letters if ch in VALID_FLAGS}))
+    return f"{name.partition(':')[0]}:2,{kept}"
+
+
+class KnownFiles:
+    """The file names of one folder's rows, valid while the folder row's id and ``version``
+    are what they were when it was loaded (every change to the rows bumps the version)."""
+
+    __slots__ = ("folder_id", "version", "by_dir", "bases")
+
+    def __init__(self, folder_id: int, version: int) -> None:
+        self.folder_id = folder_id
+        self.version = version
+        self.by_dir: dict[str, dict[str, int]] = {"new": {}, "cur": {}}
+        self.bases: dict[str, tuple[int, str, str]] = {}  # base -> (uid, subdir, name)
+
+    @classmethod
+    def load(cls, conn, folder_id: int, version: int) -> KnownFiles:
+        known = cls(folder_id, version)
+        query = "SELECT uid, base, subdir, name FROM messages WHERE folder = ?"
+        for uid, base, subdir, name in conn.execute(query, (folder_id,)):
+            known.add(uid, base, subdir, name)
+        return known
+
+    def add(self, uid: int, base: str, subdir: str, name: str) -> None:
+        self.by_dir[subdir][name] = uid
+        self.bases[base] = (uid, subdir, name)
+
+    def remove(self, base: str) -> None:
+        entry = self.bases.pop(base, None)
+        if entry is not None:
+            self.by_dir[entry[1]].pop(entry[2], None)
+
+
+def locate(fi: FolderState, base: str) -> tuple[str, str] | None:
+    """Where the message with ``base`` is now, after another program renamed it."""
+    for subdir in ("cur", "new"):
+        for name in os.listdir(fi.directory / subdir):
+            if name.startswith(base) and split_name(name)[0] == base:
+                return subdir, name
+    return None
+
+
+@contextmanager
+def locked_folders(*folders: FolderState) -> Iterator[None]:
+    """Writer locks of several folders, always taken in name order: two threads (or
+    processes) moving messages A->B and B->A at once must not deadlock."""
+    unique = {id(f): f for f in folders}.values()
+    with ExitStack() as stack:
+        for folder in sorted(unique, key=lambda f: f.name):
+            stack.enter_context(folder._writing())
+        yield
+
+
+class FolderState:
+    """A folder's uidlist, keyword letters, file list, lock and row; base of FolderIndex."""
+
+    def __init__(self, index: MailboxIndex, name: str, directory: Path) -> None:
+        self.index = index
+        self.name = name
+        self.directory = directory
+        self._uidlist = UidList(directory)
+        self._keywords = KeywordMap(directory)
+        self._known: KnownFiles | None = None
+        self._window_ns = int(index.dirty_window * 1e9)
+        self._id = 0
+
+    def _conn(self) -> sqlite3.Connection:
+        return self.index._conn()
+
+    def _restore_uidlist(self, conn: sqlite3.Connection) -> None:
+        """Make the uidlist exist: from the index's UIDs if it has them, else a new one."""
+        uidlist = self._uidlist
+        try:
+            if uidlist.load():
+                return
+        except UidListCorrupt:
+            os.replace(uidlist.path, uidlist.path.with_name(uidlist.path.name + ".corrupt"))
+        row = sql.get_folder(conn, self.name)
+        if row is None:
+            uidlist.create(allocate_uidvalidity(self.index.root))
+            return
+        entries = conn.execute("SELECT uid, base FROM messages WHERE folder = ?", (row.id,))
+        uidlist.create(
+            row.uidvalidity,
+            next_uid=row.uidnext,
+            modseq_floor=max(row.highestmodseq, row.modseq_limit),
+            entries=[(uid, base) for uid, base in entries],
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The folder's writer lock, with the folder row matching the uidlist."""
+        conn = self._conn()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._uidlist.locked())
+            except (FileNotFoundError, UidListCorrupt):
+                # Deleted or damaged behind our back: write it back from the index.
+                self._restore_uidlist(conn)
+                stack.enter_context(self._uidlist.locked())
+            self._reconcile(conn)
+            yield
+
+    def _reconcile(self, conn: sqlite3.Connection) -> None:
+        """Under the lock: (re)create the folder row when it is missing or belongs to
+        another UIDVALIDITY; the next sync then rebuilds it from the uidlist's UIDs."""
+        uidlist = self._uidlist
+        row = sql.get_folder(conn, self.name)
+        if row is not None and row.uidvalidity == uidlist.uidvalidity:
+            self._id = row.id
+            return
+        with sql.write_txn(conn):
+            if row is not None:
+                sql.drop_folder(conn, row.id)
+            # uidnext 1 until the first sync: every UID the uidlist has is then kept.
+            sql.create_folder(conn, self.name, uidlist.uidvalidity, 1, uidlist.modseq_floor)
+        self._known = None
+        self._id = sql.get_folder(conn, self.name).id
+
+    def _row(self, conn: sqlite3.Connection) -> sql.FolderRow:
+        row = sql.get_folder(conn, self.name)
+        if row is None:
+            with self._writing():
+                row = sql.get_folder(conn, self.name)
+        self._id = row.id
+        return row
+
+    def _allocate_modseq(self, conn: sqlite3.Connection, row: sql.FolderRow) -> int:
+        """The next MODSEQ, inside the caller's write transaction (see the module rule)."""
+        modseq = row.highestmodseq + 1
+        if modseq > row.modseq_limit:
+            limit = modseq + MODSEQ_BLOCK
+            self._uidlist.raise_modseq_floor(limit)  # durable before anyone sees modseq
+            sql.update_folder(conn, row.id, modseq_limit=limit)
+        return modseq
+
+    def _known_files(self, conn: sqlite3.Connection, row: sql.FolderRow) -> KnownFiles:
+        known = self._known
+        if known is None or (known.folder_id, known.version) != (row.id, row.version):
+            self._known = KnownFiles.load(conn, row.id, row.version)
+        return self._known
+
+    def _after_commit(self, version: int, update: Callable[[KnownFiles], None]) -> None:
+        """Apply a committed change to the in-memory file list, or drop the list."""
+        known = self._known
+        if known is not None and (known.folder_id, known.version) == (self._id, version):
+            update(known)
+            known.version = version + 1
+        else:
+            self._known = None
+
+    def _maybe_compact(self, conn: sqlite3.Connection) -> None:
+        """Under the lock: rewrite the uidlist once expunged entries dominate it."""
+        live = conn.execute("SELECT count(*) FROM messages WHERE folder = ?", (self._id,))
+        if self._uidlist.line_count > 2 * live.fetchone()[0] + COMPACT_SLACK:
+            bases = conn.execute("SELECT base FROM messages WHERE folder = ?", (self._id,))
+            self._uidlist.compact({base for (base,) in bases})

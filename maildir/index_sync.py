@@ -1,0 +1,376 @@
+"""Bringing a folder's index up to date with its ``new/`` and ``cur/`` directories.
+
+Cost model.  A directory is listed only when its mtime (ns) differs from the one recorded at
+the last sync, so an unchanged folder costs two stat() calls and one SELECT.  A listing is
+compared by file name with an in-memory copy of the folder's rows (``KnownFiles``), so only
+names that appeared or vanished are parsed, and only appeared files are stat()ed (for the
+internal date); message bodies are never read.
+
+When an mtime can be trusted.  Directory mtimes have a granularity (a clock tick on older
+kernels, a second on some filesystems), so a change in the same tick as our look leaves
+the mtime as we recorded it.  Dovecot's answer (maildir-sync.c, MAILDIR_SYNC_SECS) is ours:
+an mtime less than ``dirty_window`` older than the moment we looked is not fully trusted.
+``new/`` is then listed again on every sync until it has been quiet that long
+(``new_recheck`` = -1): deliveries must show at once, and new/ is short since we empty it.
+``cur/``, which can hold 100,000 names, is trusted until ``dirty_window`` has passed and then
+listed once more (``cur_recheck`` = that time).  After our own renames in ``cur/`` (STORE,
+new/ -> cur/, EXPUNGE) we re-stat it and do the same, or every STORE would cost a listing.
+So a change another program makes in ``cur/`` within the same clock tick as an earlier
+change can show up to ``dirty_window`` late; everything else shows up at the next sync.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from maildir import index_sql as sql
+from maildir.index_state import KnownFiles, info_name, split_name
+from maildir.keywords import bits_of_letters, join_keywords, split_keywords
+from maildir.naming import new_unique_name
+
+if TYPE_CHECKING:
+    from maildir.index import FolderIndex
+
+DIRS = ("new", "cur")
+
+# A rename racing our listing makes us look again; more than this in a row means another
+# program is busy renaming, and the next sync() will catch up.
+MAX_PASSES = 3
+
+# The uidlist is line-based UTF-8: a name with a line break or undecodable bytes (surrogate
+# escapes) cannot be recorded, so such a file is left alone and never shown over IMAP.
+_UNINDEXABLE = re.compile("[\n\r\ud800-\udfff]")
+
+
+@dataclass
+class SyncResult:
+    """What one ``sync()`` found in the directories and applied to the index.
+
+    ``added``: UIDs given to messages found for the first time (a session may report these
+    as \\Recent); ``expunged``: UIDs whose file is gone; ``changed``: UIDs whose flags another
+    program changed (their MODSEQ was bumped).  All in UID order.
+    """
+
+    added: list[int] = field(default_factory=list)
+    expunged: list[int] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.expunged or self.changed)
+
+    def merged(self, later: SyncResult) -> SyncResult:
+        """This result followed by ``later``: a UID expunged later is no longer added or
+        changed, and a UID added is not also reported changed."""
+        gone = set(later.expunged)
+        added = sorted({u for u in self.added if u not in gone} | set(later.added))
+        expunged = sorted((set(self.expunged) | gone) - set(self.added))
+        new = set(added)
+        changed = sorted({u for u in (*self.changed, *later.changed) if u not in gone | new})
+        return SyncResult(added, expunged, changed)
+
+
+def fresh(mtime_ns: int, recorded: int, recheck: int, now_ns: int) -> bool:
+    """True if a directory with ``mtime_ns`` now is known to be as we last listed it."""
+    if mtime_ns != recorded:
+        return False
+    return recheck == 0 or (recheck > 0 and now_ns < recheck)
+
+
+def dir_fresh(fi: FolderIndex, row: sql.FolderRow, subdir: str, now_ns: int) -> bool:
+    mtime = os.stat(fi.directory / subdir).st_mtime_ns
+    return fresh(mtime, getattr(row, f"{subdir}_mtime"), getattr(row, f"{subdir}_recheck"), now_ns)
+
+
+def own_change_record(fi: FolderIndex, pending: int) -> dict[str, int]:
+    """Folder columns trusting ``cur/`` as we just changed it, until the window passes.
+
+    Only for a ``cur/`` that was fresh before our change (the caller checks).  ``pending``
+    is the recheck time already set, if any: it is kept, not pushed back, so that a busy
+    session cannot put off the look that catches others' same-tick changes forever.
+    """
+    now = time.time_ns()
+    return {
+        "cur_mtime": os.stat(fi.directory / "cur").st_mtime_ns,
+        "cur_recheck": pending if pending > now else now + fi._window_ns,
+    }
+
+
+def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
+    conn = fi._conn()
+    if not full:
+        # Fast path, without the lock: an unchanged folder is two stats and one SELECT.
+        row = fi._row(conn)
+        now = time.time_ns()
+        if all(dir_fresh(fi, row, d, now) for d in DIRS):
+            return SyncResult()
+    result = SyncResult()
+    with fi._writing():
+        for _ in range(MAX_PASSES):
+            row = fi._row(conn)
+            now = time.time_ns()
+            stats = {d: os.stat(fi.directory / d) for d in DIRS}
+            todo = [
+                d
+                for d in DIRS
+                if full
+                or not fresh(
+                    stats[d].st_mtime_ns,
+                    getattr(row, f"{d}_mtime"),
+                    getattr(row, f"{d}_recheck"),
+                    now,
+                )
+            ]
+            if not todo:
+                break
+            raced = _Pass(fi, conn, row, now, stats).run(todo, result)
+            if not raced:
+                break
+            full = True  # a file moved under us: look at both directories again
+    for uids in (result.added, result.expunged, result.changed):
+        uids.sort()
+    return result
+
+
+class _Found:
+    """A file this pass found under a name the index does not know; ``uid`` None = new."""
+
+    __slots__ = ("uid", "subdir", "name", "size", "vsize", "letters")
+
+    def __init__(self, uid, subdir, name, size, vsize, letters) -> None:
+        self.uid, self.subdir, self.name = uid, subdir, name
+        self.size, self.vsize, self.letters = size, vsize, letters
+
+
+class _Pass:
+    """One listing of the folder's directories, diffed against the index and applied."""
+
+    def __init__(self, fi: FolderIndex, conn, row: sql.FolderRow, now: int, stats) -> None:
+        self.fi, self.conn, self.row, self.now, self.stats = fi, conn, row, now, stats
+        self.known = fi._known_files(conn, row)
+        self.raced = False
+        self.listed: dict[str, list[str]] = {}
+
+    def _list(self, subdir: str) -> None:
+        names = os.listdir(self.fi.directory / subdir)
+        self.listed[subdir] = [n for n in names if not n.startswith(".")]
+
+    def run(self, todo: list[str], result: SyncResult) -> bool:
+        for subdir in DIRS:  # new/ first: a message moving to cur/ meanwhile is seen twice
+            if subdir in todo:
+                self._list(subdir)
+        appeared, vanished = self._diff()
+        if vanished.get("new") and "cur" not in self.listed:
+            # Gone from new/ is usually moved to cur/ by a reader: look there before
+            # calling it expunged, even if cur/'s mtime said nothing changed.
+            self._list("cur")
+            appeared, vanished = self._diff()
+        gone: dict[str, int] = {}
+        for subdir, names in vanished.items():
+            for name in names:
+                gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
+        found = self._match(appeared, gone)
+        touched_cur = self._move_new_to_cur(found)
+        self._apply(found, gone, self._dir_records(touched_cur), result)
+        return self.raced
+
+    def _diff(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        appeared, vanished = {}, {}
+        for subdir, names in self.listed.items():
+            known = self.known.by_dir[subdir]
+            appeared[subdir] = [n for n in names if n not in known]
+            if len(names) - len(appeared[subdir]) != len(known):
+                present = set(names)
+                vanished[subdir] = [n for n in known if n not in present]
+        return appeared, vanished
+
+    def _match(self, appeared, gone: dict[str, int]) -> dict[str, _Found]:
+        """Pair appeared names with known messages by base: renames; the rest are new."""
+        found: dict[str, _Found] = {}
+        for subdir, names in appeared.items():
+            for name in names:
+                if _UNINDEXABLE.search(name):
+                    continue
+                base, size, vsize, letters = split_name(name)
+                entry = _Found(gone.pop(base, None), subdir, name, size, vsize, letters)
+                holder = found.get(base)
+                known = self.known.bases.get(base)
+                if holder is not None:
+                    at = (holder.subdir, holder.name)
+                elif known is not None and entry.uid is None:
+                    at = known[1:]
+                else:
+                    found[base] = entry
+                    continue
+                if not os.path.lexists(self.fi.directory / at[0] / at[1]):
+                    # The other name moved here after we listed its directory.
+                    entry.uid = holder.uid if holder is not None else known[0]
+                    found[base] = entry
+                    continue
+                # Two files, one base (a copy made with cp -l, or by a careless tool): give
+                # this one a new unique name, as Dovecot does, so that each has its UID.
+                fresh_name = new_unique_name() + name[len(base) :]
+                here = self.fi.directory / subdir
+                try:
+                    os.rename(here / name, here / fresh_name)
+                except FileNotFoundError:
+                    self.raced = True
+                    continue
+                entry.name = fresh_name
+                found[split_name(fresh_name)[0]] = entry
+        return found
+
+    def _move_new_to_cur(self, found: dict[str, _Found]) -> bool:
+        """Dovecot moves what it finds in new/ to cur/ when it syncs; so do we."""
+        moved = False
+        new, cur = f"{self.fi.directory}/new/", f"{self.fi.directory}/cur/"
+        for entry in found.values():
+            if entry.subdir != "new":
+                continue
+            target = info_name(entry.name, entry.letters)
+            try:
+                os.rename(new + entry.name, cur + target)
+            except FileNotFoundError:
+                self.raced = True  # moved or deleted meanwhile: the next pass finds it
+                entry.subdir = None
+                continue
+            except PermissionError:
+                continue  # a read-only folder: index the message where it is
+            entry.subdir, entry.name = "cur", target
+            moved = True
+        return moved
+
+    def _dir_records(self, touched_cur: bool) -> dict[str, int]:
+        window = self.fi._window_ns
+        values: dict[str, int] = {}
+        for subdir in self.listed:
+            mtime = self.stats[subdir].st_mtime_ns
+            values[f"{subdir}_mtime"] = mtime
+            if self.now - mtime >= window:
+                values[f"{subdir}_recheck"] = 0
+            elif subdir == "new":
+                values["new_recheck"] = -1  # deliveries show at once; new/ is short to list
+            else:
+                values["cur_recheck"] = self.now + window
+        if touched_cur:
+            pending = values.get("cur_recheck", self.row.cur_recheck)
+            values.update(own_change_record(self.fi, pending))
+        if self.raced:
+            values.update(new_recheck=-1, cur_recheck=-1)
+        return values
+
+    def _apply(self, found, gone: dict[str, int], dir_values, result: SyncResult) -> None:
+        fi, conn, row = self.fi, self.conn, self.row
+        fi._keywords.refresh()
+        live = {b: e for b, e in found.items() if e.subdir is not None}
+        new_rows = self._stat_adds([(b, e) for b, e in live.items() if e.uid is None])
+        updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
+        expunged = sorted(gone.values())
+        if new_rows:
+            uids = self._assign_uids([r.base for r in new_rows])
+            new_rows = [r._replace(uid=uid) for r, uid in zip(new_rows, uids, strict=True)]
+        if not (new_rows or updates or expunged):
+            # Only the directory records, and only if they differ: a sync that found
+            # nothing new usually writes nothing.
+            values = {k: v for k, v in dir_values.items() if getattr(row, k) != v}
+            if values:
+                with sql.write_txn(conn):
+                    sql.update_folder(conn, row.id, **values)
+            return
+        with sql.write_txn(conn):
+            values = dict(dir_values)
+            modseq = None
+            if new_rows or flag_changes or expunged:
+                modseq = fi._allocate_modseq(conn, row)
+                values["highestmodseq"] = modseq
+            flagged = set(flag_changes)
+            updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
+            new_rows = [r._replace(modseq=modseq) for r in new_rows]
+            sql.insert_messages(conn, row.id, new_rows)
+            sql.update_files(conn, row.id, updates)
+            if expunged:
+                sql.delete_messages(conn, row.id, expunged, modseq)
+            values.update(uidnext=fi._uidlist.next_uid, version=row.version + 1)
+            sql.update_folder(conn, row.id, **values)
+
+        def update_known(known: KnownFiles) -> None:
+            for base in gone:
+                known.remove(base)
+            for r in [*updates, *new_rows]:
+                known.remove(r.base)
+                known.add(r.uid, r.base, r.subdir, r.name)
+
+        fi._after_commit(row.version, update_known)
+        result.added.extend(r.uid for r in new_rows)
+        result.expunged.extend(expunged)
+        result.changed.extend(flag_changes)
+
+    def _updates(self, entries: list[_Found]) -> tuple[list[sql.MsgRow], list[int]]:
+        keywords = self.fi._keywords
+        old = {r.uid: r for r in sql.message_rows(self.conn, self.row.id, [e.uid for e in entries])}
+        updates, flag_changes = [], []
+        for entry in entries:
+            prev = old.get(entry.uid)
+            if prev is None:
+                continue
+            bits = bits_of_letters(entry.letters)
+            # Keywords with a letter follow the file name; those without one (past the 26th)
+            # exist only in the index and survive another program's rename.
+            kws = keywords.names_of(entry.letters) | {
+                k for k in split_keywords(prev.keywords) if not keywords.has_letter(k)
+            }
+            text = join_keywords(kws)
+            if (bits, text) != (prev.flags, prev.keywords):
+                flag_changes.append(entry.uid)
+            updates.append(
+                prev._replace(flags=bits, keywords=text, subdir=entry.subdir, name=entry.name)
+            )
+        return updates, flag_changes
+
+    def _stat_adds(self, adds: list[tuple[str, _Found]]) -> list[sql.MsgRow]:
+        rows = []
+        names_of = self.fi._keywords.names_of
+        directory = str(self.fi.directory)
+        for base, e in adds:
+            try:
+                st = os.stat(f"{directory}/{e.subdir}/{e.name}")
+            except FileNotFoundError:
+                self.raced = True
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            # RFC822.SIZE: ,W= is the size with CRLF line ends, which is what IMAP serves;
+            # our own files have ,W= = ,S= = the file size.
+            size = e.vsize if e.vsize is not None else e.size if e.size is not None else st.st_size
+            kws = join_keywords(names_of(e.letters))
+            flags = bits_of_letters(e.letters)
+            row = sql.MsgRow(0, 0, flags, kws, size, int(st.st_mtime), base, e.subdir, e.name)
+            rows.append((st.st_mtime_ns, e.name, row))
+        # UIDs in delivery order: a file's mtime is when it was delivered.
+        rows.sort(key=lambda item: item[:2])
+        return [item[2] for item in rows]
+
+    def _assign_uids(self, bases: list[str]) -> list[int]:
+        row, known = self.row, self.known
+        taken: set[int] | None = None
+
+        def reuse(base: str, uid: int) -> bool:
+            # The uidlist already has this base: keep its UID while the index is rebuilt
+            # (uidnext is still 1) or when a process crashed between the uidlist append and
+            # the index commit (uid >= uidnext: no client saw it).  A lower UID belonged to a
+            # message since expunged, and RFC 3501 UIDs only ever ascend.
+            nonlocal taken
+            if uid < row.uidnext:
+                return False
+            if taken is None:
+                taken = {entry[0] for entry in known.bases.values()}
+            if uid in taken:
+                return False
+            taken.add(uid)
+            return True
+
+        return self.fi._uidlist.assign(bases, reuse)
