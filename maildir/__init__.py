@@ -50,3 +50,26 @@ __all__ = [
     "validate_folder_name",
     "with_flags",
 ]
+
+# The IMAP index (index.py) and its uidlist, appended after the storage API above.
+from maildir.index import (  # noqa: E402
+    Changes,
+    FolderIndex,
+    FolderStatus,
+    MailboxIndex,
+    MessageGone,
+    MessageInfo,
+    SyncResult,
+)
+from maildir.uidlist import UidList  # noqa: E402
+
+__all__ += [
+    "Changes",
+    "FolderIndex",
+    "FolderStatus",
+    "MailboxIndex",
+    "MessageGone",
+    "MessageInfo",
+    "SyncResult",
+    "UidList",
+]
