@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 # Debian packages the end-to-end tests drive (installed by `make test` when run as root).
 # Postfix is preseeded to "No configuration" and service starts are blocked while installing
 # (policy-rc.d), so no system MTA starts on port 25; the tests run private instances.
-TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix
+TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix \
+  isync offlineimap3
 
 .PHONY: run test unit lint bench deps venv clean
 

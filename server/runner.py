@@ -26,6 +26,8 @@ from server.authlimit import AuthThrottle
 from server.config import Config, ConfigError, load_config
 from server.dkimsign import DKIMSigner
 from server.dnsresolve import make_resolver
+from server.imap.notify import ChangeHub
+from server.imap.server import IMAPContext, IMAPListener
 from server.mtasts import MTASTS
 from server.outbound.queue_runner import OutboundQueue
 from server.queue.spool import Spool
@@ -36,7 +38,7 @@ from server.tlscert import reload_certificate, server_context
 
 log = logging.getLogger("mailstead")
 
-IMPLEMENTED = ("mx", "submission", "submissions")
+IMPLEMENTED = ("mx", "submission", "submissions", "imap", "imaps")
 
 
 class StartupError(Exception):
@@ -74,8 +76,10 @@ class Daemon:
         # One throttle for every service that takes a password: a guesser gains nothing by
         # switching from submission to IMAP.
         self.throttle = AuthThrottle(config.accounts.auth_failure_delay)
+        self.hub = ChangeHub()
         self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor,
-                                   self.mtasts, self.signer)
+                                   self.mtasts, self.signer, on_delivered=self.delivered)
+        self.imap = IMAPContext(config, self.accounts, self.throttle, self.executor, self.hub)
         self.listeners: list[SMTPListener] = []
         self.handlers: list = []
         self.stopping = asyncio.Event()
@@ -85,6 +89,10 @@ class Daemon:
         return MTASTS(make_resolver(config.dns), config.data_path("mta-sts"),
                       https_port=config.outbound.https_port,
                       cafile=config.outbound.ca_file or None)
+
+    def delivered(self, addresses: list[str]) -> None:
+        for address in addresses:
+            self.hub.changed(address, "INBOX")
 
     def ensure_dkim_keys(self) -> None:
         """Every domain gets the keys the config asks for (say, Ed25519 switched on later)."""
@@ -104,7 +112,9 @@ class Daemon:
         self.pid_fd = hold_pidfile(self.config.data_path("mailstead.pid"))
         self.accounts.initialise()
         self.ensure_dkim_keys()
-        common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake)
+        self.hub.bind(asyncio.get_running_loop())
+        common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake,
+                  self.delivered)
         mx = MXHandler(*common)
         submission = SubmissionHandler(
             *common, signer=self.signer,
@@ -113,6 +123,10 @@ class Daemon:
         for name, addr in self.config.listeners().items():
             if name not in IMPLEMENTED:
                 log.warning("%s on %s: not part of this version yet; not started", name, addr)
+                continue
+            if name in ("imap", "imaps"):
+                self.listeners.append(IMAPListener(name, addr, self.imap, self.tls,
+                                                   implicit_tls=name == "imaps"))
                 continue
             handler = mx if name == "mx" else submission
             self.listeners.append(SMTPListener(
@@ -142,7 +156,7 @@ class Daemon:
         self.accounts.apply_config(new)
         if new.listeners() != self.config.listeners():
             log.warning("reload: [listen] changes take effect at the next restart")
-        for obj in (*self.listeners, *self.handlers, self.queue):
+        for obj in (*self.listeners, *self.handlers, self.queue, self.imap):
             obj.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay
@@ -158,6 +172,7 @@ class Daemon:
         await asyncio.gather(*(lst.drain(grace) for lst in self.listeners), self.queue.stop(grace))
         # Deliveries already handed to worker threads finish before the process exits.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
+        self.imap.close()
         self.accounts.close()
 
     async def clean_tmp_forever(self) -> None:

@@ -38,7 +38,10 @@ def is_inbox(name: str) -> bool:
 
 def to_folder(name: str) -> str:
     """IMAP name -> Maildir++ folder name ("INBOX", or "Lists.python")."""
-    name = name.strip(SEPARATOR) if name not in ("", SEPARATOR) else name
+    if name.startswith(SEPARATOR):
+        # Dovecot's rule too: a leading "/" reads as a filesystem path; there are none here.
+        raise BadName(f"mailbox names cannot start with {SEPARATOR!r}")
+    name = name.rstrip(SEPARATOR)
     if is_inbox(name):
         return "INBOX"
     parts = name.split(SEPARATOR)

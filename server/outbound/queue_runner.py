@@ -45,12 +45,13 @@ RELAY = "*relay*"  # the group key for everything that leaves through the smarth
 
 class OutboundQueue:
     def __init__(self, config: Config, accounts: acc.AccountStore, spool: Spool,
-                 executor: Executor, mtasts=None, signer=None):
+                 executor: Executor, mtasts=None, signer=None, on_delivered=None):
         self.accounts = accounts
         self.spool = spool
         self.executor = executor
         self.mtasts = mtasts
         self.signer = signer
+        self.on_delivered = on_delivered or (lambda addresses: None)
         self.due: dict[str, float] = {}  # queue id -> next attempt (time.time())
         self.in_flight: set[str] = set()
         self.unsaved: dict[str, QueuedMessage] = {}  # results the disk would not take yet
@@ -317,7 +318,7 @@ class OutboundQueue:
                              addresses: list[str]) -> dict[str, client.Outcome]:
         """Queued mail for our own domains (reports, mostly) goes straight to the Maildirs."""
         results: dict[str, client.Outcome] = {}
-        deliveries, roots, delivered_to = [], [], []
+        deliveries, roots, delivered_to, users = [], [], [], []
         for address in addresses:
             try:
                 mailboxes = self.accounts.resolve(parse_address(address)).mailboxes
@@ -334,6 +335,7 @@ class OutboundQueue:
                 head = trace.return_path(msg.sender) + trace.delivered_to(user.address)
                 deliveries.append(Delivery(user.maildir, (head, data)))
                 roots.append(user.maildir if user.quota_bytes else None)
+                users.append(user.address)
             delivered_to.append(address)
         if deliveries:
             try:
@@ -344,6 +346,7 @@ class OutboundQueue:
                 return results
         for address in delivered_to:
             results[address] = client.Outcome(250, "2.0.0 Delivered locally")
+        self.on_delivered(users)
         return results
 
     async def _bounce(self, msg: QueuedMessage, data: bytes, failed: list[Recipient],

@@ -27,12 +27,14 @@ class BaseHandler:
     name = "smtp"
 
     def __init__(self, config: Config, accounts: acc.AccountStore, executor: Executor, spool,
-                 on_queued=None):
+                 on_queued=None, on_delivered=None):
         self.config = config
         self.accounts = accounts
         self.executor = executor
         self.spool = spool
         self.on_queued = on_queued or (lambda queue_id: None)
+        # Told which mailboxes got a message, so IMAP sessions in IDLE hear of it at once.
+        self.on_delivered = on_delivered or (lambda addresses: None)
         self.resolver = make_resolver(config.dns)
 
     def update_config(self, config: Config) -> None:
@@ -149,6 +151,8 @@ class BaseHandler:
                 self.config.server.hostname, server.conn_id, txn_id)
         finally:
             server.delivering = False
+        if deliveries:
+            self.on_delivered([user.address for user, _ in server.envelope.mailboxes.values()])
         if queue_id is not None:
             self.on_queued(queue_id)
             return replies.DELIVERED.with_text(f"Ok: queued as {queue_id}")

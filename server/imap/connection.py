@@ -1,0 +1,187 @@
+"""The IMAP connection layer: bytes in and out of a socket, nothing else.
+
+It feeds what arrives to the sans-I/O ``CommandReader``, answers synchronising literals with a
+continuation, hands commands to the ``Session`` and writes what it yields. It owns the things
+that touch the transport: STARTTLS (RFC 3501 §6.2.1, with anything the client sent in the clear
+after the command thrown away, or the connection dropped), IDLE (RFC 2177: waiting for changes
+and for DONE at once), AUTHENTICATE continuations, the idle timeout (RFC 3501 §5.4) and LOGOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import logging
+import ssl
+
+from server.imap import responses
+from server.imap.parser import Command, CommandReader, NeedLiteral, ParseError
+
+log = logging.getLogger("mailstead.imap")
+
+READ_SIZE = 256 * 1024
+MAX_BAD_COMMANDS = 20  # in a row: a client that only sends garbage is not a mail client
+IDLE_CHECK = 30.0  # seconds between looks at the disk while idling, for writers outside us
+
+
+class Closed(Exception):
+    """The connection is over (LOGOUT, timeout, client gone)."""
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session,
+                 *, tls_context: ssl.SSLContext | None, idle_timeout: float, max_literal: int):
+        self.reader = reader
+        self.writer = writer
+        self.session = session
+        self.tls_context = tls_context
+        self.idle_timeout = idle_timeout
+        self.max_literal = max_literal
+        self.commands = CommandReader(max_literal=max_literal)
+        self.bad_in_a_row = 0
+
+    # --- I/O primitives ---
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _fill(self) -> None:
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), self.idle_timeout)
+        except TimeoutError:
+            await self.write(responses.untagged("BYE Autologout; idle for too long"))
+            raise Closed("idle timeout") from None
+        if not data:
+            raise Closed("client closed the connection")
+        self.commands.feed(data)
+
+    async def next_event(self):
+        while True:
+            event = self.commands.next()
+            if event is not None:
+                return event
+            await self._fill()
+
+    async def read_line(self) -> bytes:
+        while True:
+            line = self.commands.read_line()
+            if line is not None:
+                return line
+            await self._fill()
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        try:
+            await self.write(self.session.greeting())
+            while True:
+                event = await self.next_event()
+                if isinstance(event, NeedLiteral):
+                    await self.write(b"+ Ready for literal data\r\n")
+                elif isinstance(event, ParseError):
+                    await self._bad(event)
+                else:
+                    self.bad_in_a_row = 0
+                    await self._command(event)
+        except Closed as why:
+            log.info("conn=%s closed: %s", self.session.conn_id, why)
+        except asyncio.CancelledError:
+            # Shutdown: tell the client, as RFC 3501 §7.1.5 describes, then go.
+            try:
+                self.writer.write(responses.untagged("BYE Server shutting down"))
+            except (ConnectionError, RuntimeError):
+                pass
+            raise
+        except (ConnectionError, ssl.SSLError) as err:
+            log.info("conn=%s connection lost: %s", self.session.conn_id, err)
+        finally:
+            await self.session.close()
+            self.writer.close()
+
+    async def _bad(self, error: ParseError) -> None:
+        self.bad_in_a_row += 1
+        tag = error.tag or "*"
+        await self.write(responses.tagged(tag, "BAD", error.message, getattr(error, "code", None)))
+        if self.bad_in_a_row >= MAX_BAD_COMMANDS:
+            await self.write(responses.untagged("BYE Too many invalid commands"))
+            raise Closed("too many invalid commands")
+
+    async def _command(self, cmd: Command) -> None:
+        if cmd.name == "STARTTLS":
+            await self._starttls(cmd)
+        elif cmd.name == "IDLE":
+            await self._idle(cmd)
+        elif cmd.name == "AUTHENTICATE" and cmd.args.initial is None \
+                and self.session.may_authenticate(cmd):
+            # RFC 4959 clients send the response at once; older ones wait for "+ ".
+            await self.write(b"+ \r\n")
+            line = (await self.read_line()).rstrip(b"\r\n")
+            if line == b"*":
+                await self.write(responses.tagged(cmd.tag, "BAD", "AUTHENTICATE cancelled"))
+                return
+            try:
+                initial = base64.b64decode(line, validate=True)
+            except binascii.Error:
+                await self.write(responses.tagged(cmd.tag, "BAD", "Invalid base64"))
+                return
+            cmd = dataclasses.replace(cmd, args=dataclasses.replace(cmd.args, initial=initial))
+            await self._run_session(self.session.execute(cmd))
+        else:
+            await self._run_session(self.session.execute(cmd))
+        if self.session.logged_out:
+            raise Closed("logout")
+
+    async def _run_session(self, chunks) -> None:
+        async for chunk in chunks:
+            self.writer.write(chunk)
+            if self.writer.transport.get_write_buffer_size() > READ_SIZE:
+                await self.writer.drain()
+        await self.writer.drain()
+
+    async def _starttls(self, cmd: Command) -> None:
+        refusal = self.session.starttls_refusal(self.tls_context is not None)
+        if refusal is not None:
+            await self.write(refusal.tagged(cmd.tag))
+            return
+        await self.write(responses.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
+        # RFC 3501 §6.2.1 / CVE-2011-0411: nothing the client sent in the clear after STARTTLS
+        # may be taken as said inside TLS. What we had already read is dropped with the old
+        # reader; what is still buffered by asyncio means a client that did not wait: hang up.
+        pending = len(getattr(self.reader, "_buffer", b""))
+        if self.commands.buffered() or pending:
+            raise Closed("data sent in the clear after STARTTLS")
+        await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=30)
+        self.commands = CommandReader(max_literal=self.max_literal)
+        self.session.tls_started()
+
+    async def _idle(self, cmd: Command) -> None:
+        refusal = self.session.idle_refusal()
+        if refusal is not None:
+            await self.write(refusal.tagged(cmd.tag))
+            return
+        changed = self.session.watch()
+        await self.write(b"+ idling\r\n")
+        done = asyncio.ensure_future(self.read_line())
+        try:
+            while True:
+                changes = asyncio.ensure_future(changed.wait())
+                finished, _ = await asyncio.wait({done, changes}, timeout=IDLE_CHECK,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                changes.cancel()
+                changed.clear()
+                # Sync on a change event and on every tick (writers outside this process).
+                for chunk in await self.session.updates():
+                    await self.write(chunk)
+                if done in finished:
+                    line = done.result().rstrip(b"\r\n")
+                    if line.upper() == b"DONE":
+                        await self.write(responses.tagged(cmd.tag, "OK", "IDLE terminated"))
+                    else:
+                        await self.write(responses.tagged(cmd.tag, "BAD", "Expected DONE"))
+                    return
+        finally:
+            done.cancel()
+            self.session.unwatch()

@@ -1,0 +1,111 @@
+"""Building FETCH responses (RFC 3501 §6.4.5, §7.4.2; RFC 3516 BINARY; RFC 7162 MODSEQ).
+
+What the index knows (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ) costs no file access.
+ENVELOPE, BODYSTRUCTURE and BODY are computed once from the file and cached in the index as
+their encoded bytes, so the second FETCH ENVELOPE of a folder reads nothing but SQLite. Body
+sections read the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from server.imap import mime
+from server.imap.encode import Raw, encode, flag_list, nstring
+
+_CACHED = {"ENVELOPE": "envelope", "BODYSTRUCTURE": "bodystructure", "BODY": "body"}
+CONTENT_ITEMS = ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE")
+# Fetching these without .PEEK marks the message \Seen (RFC 3501 §6.4.5).
+SETS_SEEN = ("RFC822", "RFC822.TEXT")
+
+
+def internal_date(epoch: int) -> bytes:
+    when = dt.datetime.fromtimestamp(epoch, dt.UTC)
+    return b'"' + when.strftime("%d-%b-%Y %H:%M:%S +0000").encode() + b'"'
+
+
+def needs_file(item) -> bool:
+    """True if the item needs the message file (not just the index or its cache)."""
+    if item.name in CONTENT_ITEMS:
+        return item.name != "BODY" or item.section is not None
+    return False
+
+
+def cached_kind(item) -> str | None:
+    if item.name == "BODY" and item.section is not None:
+        return None
+    return _CACHED.get(item.name)
+
+
+def sets_seen(item) -> bool:
+    if item.name in SETS_SEEN:
+        return True
+    return item.name in ("BODY", "BINARY") and item.section is not None and not item.peek
+
+
+def compute_cached(kind: str, message: bytes) -> bytes:
+    if kind == "envelope":
+        return encode(mime.envelope(message))
+    return encode(mime.bodystructure(message, extended=(kind == "bodystructure")))
+
+
+def _section_name(item) -> str:
+    section = item.section
+    parts = [".".join(map(str, section.part))] if section.part else []
+    if section.text:
+        text = section.text
+        if section.fields:
+            text += " (" + " ".join(section.fields) + ")"
+        parts.append(text)
+    return ".".join(parts)
+
+
+def content_item(item, message: bytes) -> tuple[bytes, bytes] | None:
+    """(response item name, encoded value) for an item that reads the message; None when a
+    BINARY part has an unknown transfer encoding (the caller answers [UNKNOWN-CTE])."""
+    name = item.name
+    if name == "RFC822":
+        return b"RFC822", nstring(message)
+    if name == "RFC822.HEADER":
+        return b"RFC822.HEADER", nstring(mime.header_section(message))
+    if name == "RFC822.TEXT":
+        return b"RFC822.TEXT", nstring(message[mime.body_offset(message):])
+    if name == "BINARY.SIZE":
+        size = mime.binary_size(message, item.section.part)
+        if size is None:
+            return None
+        return f"BINARY.SIZE[{_section_name(item)}]".encode(), str(size).encode()
+    if name == "BINARY":
+        data = mime.binary_section(message, item.section.part)
+        if data is None:
+            return None
+        label = f"BINARY[{_section_name(item)}]"
+        data, label = _partial(item, data, label)
+        # RFC 3516 §4.3: decoded data with NUL must go as literal8.
+        value = b"~{%d}\r\n" % len(data) + data if b"\x00" in data else nstring(data)
+        return label.encode(), value
+    section = item.section
+    data = mime.section(message, section.part, section.text, section.fields)
+    label = f"BODY[{_section_name(item)}]"
+    data, label = _partial(item, data, label)
+    return label.encode(), nstring(data)
+
+
+def _partial(item, data: bytes, label: str) -> tuple[bytes, str]:
+    if item.partial is None:
+        return data, label
+    origin, count = item.partial
+    return mime.partial(data, origin, count), f"{label}<{origin}>"
+
+
+def render(seq: int, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    body = b" ".join(name + b" " + value for name, value in pairs)
+    return b"* " + str(seq).encode() + b" FETCH (" + body + b")\r\n"
+
+
+def flags_item(flags) -> tuple[bytes, bytes]:
+    return b"FLAGS", flag_list(sorted(flags))
+
+
+__all__ = ["Raw", "cached_kind", "compute_cached", "content_item", "flags_item",
+           "internal_date", "needs_file", "render", "sets_seen"]

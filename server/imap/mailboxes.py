@@ -1,0 +1,317 @@
+"""Mailbox-level commands (RFC 3501 §6.3): SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,
+UNSUBSCRIBE, LIST (with LIST-EXTENDED, RFC 5258; SPECIAL-USE, RFC 6154; LIST-STATUS, RFC 5819),
+LSUB, STATUS and APPEND (with MULTIAPPEND, RFC 3502, and UIDPLUS's APPENDUID, RFC 4315)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+
+from maildir import create_folder, folder_path, list_folders
+from server.imap import mutf7, names, responses
+from server.imap.encode import astring, encode, flag_list
+from server.imap.responses import Bad, No
+from server.imap.selected import Selected
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# Keywords clients rely on (RFC 5788 registry, Thunderbird and Apple Mail junk handling).
+WELL_KNOWN_KEYWORDS = ("$Forwarded", "$Junk", "$NotJunk", "$MDNSent", "$Phishing")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
+                "HIGHESTMODSEQ")
+
+
+def _pattern(reference: str, pattern: str) -> re.Pattern:
+    """RFC 3501 §6.3.8: '*' matches anything, '%' anything but the hierarchy separator."""
+    full = pattern if pattern.startswith(names.SEPARATOR) or not reference else \
+        reference.rstrip(names.SEPARATOR) + names.SEPARATOR + pattern
+    parts = []
+    for ch in full:
+        parts.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
+    # INBOX is case-insensitive (RFC 3501 §5.1); everything else is compared as is.
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _matches(regex: re.Pattern, name: str) -> bool:
+    if names.is_inbox(name):
+        return bool(regex.fullmatch("INBOX") or regex.fullmatch("inbox")
+                    or regex.fullmatch(name))
+    return bool(regex.fullmatch(name))
+
+
+class MailboxCommands:
+    # --- helpers ---
+
+    async def io(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, func, *args)
+
+    @property
+    def root(self):
+        return self.user.maildir
+
+    def folder_name(self, name: str) -> str:
+        try:
+            return names.to_folder(name)
+        except names.BadName as err:
+            raise No(str(err), "CANNOT") from None
+
+    def existing_folder(self, name: str) -> str:
+        folder = self.folder_name(name)
+        if folder != "INBOX" and not (self.root / f".{folder}").is_dir():
+            raise No(f"No mailbox {name}", "NONEXISTENT")
+        return folder
+
+    def all_folders(self) -> list[str]:
+        return ["INBOX", *list_folders(self.root)]
+
+    def wire_name(self, name: str) -> bytes:
+        """A mailbox name as IMAP4rev1 clients expect it: modified UTF-7 (RFC 3501 §5.1.3)."""
+        return astring(mutf7.encode(name))
+
+    def notify(self, folder: str) -> None:
+        self.ctx.hub.changed(self.user.address, folder)
+
+    # --- SELECT / EXAMINE ---
+
+    async def do_select(self, cmd):
+        async for chunk in self._select(cmd, readonly=False):
+            yield chunk
+
+    async def do_examine(self, cmd):
+        async for chunk in self._select(cmd, readonly=True):
+            yield chunk
+
+    async def _select(self, cmd, readonly: bool):
+        from server.imap.session import AUTHENTICATED, SELECTED, _Code
+
+        # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
+        self.selected = None
+        self.state = AUTHENTICATED
+        self.unwatch()
+        folder = self.existing_folder(cmd.args.mailbox)
+        condstore = bool(cmd.args.condstore or cmd.args.qresync) or "CONDSTORE" in self.enabled
+        if condstore:
+            self.enabled.add("CONDSTORE")
+        index = await self.io(self.mailbox_index.folder, folder)
+        view = Selected(index, folder, readonly, condstore)
+        await self.io(view.load)
+        status = await self.io(index.status)
+        keywords = await self.io(index.keywords)
+        flags = [*SYSTEM_FLAGS, *WELL_KNOWN_KEYWORDS,
+                 *(k for k in keywords if k not in WELL_KNOWN_KEYWORDS)]
+        yield b"* FLAGS " + flag_list(flags) + b"\r\n"
+        permanent = [] if readonly else [*SYSTEM_FLAGS, *WELL_KNOWN_KEYWORDS, "\\*"]
+        yield responses.ok("Flags you can change", "PERMANENTFLAGS " +
+                           flag_list(permanent).decode())
+        yield responses.untagged(f"{view.exists} EXISTS")
+        yield responses.untagged("0 RECENT")
+        view.exists_reported = view.exists
+        if status.first_unseen is not None:
+            seq = view.seq_of(status.first_unseen)
+            if seq is not None:
+                yield responses.ok("First unseen", f"UNSEEN {seq}")
+        yield responses.ok("UIDs valid", f"UIDVALIDITY {status.uidvalidity}")
+        yield responses.ok("Predicted next UID", f"UIDNEXT {view.uidnext}")
+        if condstore:
+            yield responses.ok("Highest", f"HIGHESTMODSEQ {view.modseq}")
+        self.selected = view
+        self.state = SELECTED
+        yield _Code("READ-ONLY" if readonly else "READ-WRITE")
+
+    # --- CREATE / DELETE / RENAME ---
+
+    async def do_create(self, cmd):
+        name = cmd.args.mailbox.rstrip(names.SEPARATOR)
+        folder = self.folder_name(name)
+        if folder == "INBOX" or (self.root / f".{folder}").is_dir():
+            raise No(f"Mailbox {name} already exists", "ALREADYEXISTS")
+        for use in cmd.args.special_use:
+            if names.folder_for_use(use) is None:
+                raise No(f"Unsupported special use {use}", "USEATTR")
+        await self.io(create_folder, self.root, folder)
+        return
+        yield
+
+    async def do_delete(self, cmd):
+        folder = self.existing_folder(cmd.args.mailbox)
+        if folder == "INBOX":
+            raise No("INBOX cannot be deleted", "CANNOT")
+        if any(f.startswith(folder + ".") for f in list_folders(self.root)):
+            # Maildir++ keeps a child inside no directory of its parent, but a parent without
+            # its own folder would confuse every other Maildir reader: delete children first.
+            raise No(f"Mailbox {cmd.args.mailbox} has child mailboxes; delete them first",
+                     "INUSE")
+        if self.selected is not None and self.selected.name == folder:
+            self.selected = None
+            from server.imap.session import AUTHENTICATED
+            self.state = AUTHENTICATED
+        path = folder_path(self.root, folder)
+        await self.io(shutil.rmtree, path)
+        await self.io(self.mailbox_index.forget, folder)
+        subs = names.load_subscriptions(self.root)
+        if cmd.args.mailbox in subs:
+            subs.discard(cmd.args.mailbox)
+            await self.io(names.save_subscriptions, self.root, subs)
+        self.notify(folder)
+        return
+        yield
+
+    async def do_rename(self, cmd):
+        old = self.existing_folder(cmd.args.old)
+        new = self.folder_name(cmd.args.new.rstrip(names.SEPARATOR))
+        if new == "INBOX" or (self.root / f".{new}").is_dir():
+            raise No(f"Mailbox {cmd.args.new} already exists", "ALREADYEXISTS")
+        if old == "INBOX":
+            # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves it empty.
+            await self.io(create_folder, self.root, new)
+            src = await self.io(self.mailbox_index.folder, "INBOX")
+            dest = await self.io(self.mailbox_index.folder, new)
+            await self.io(src.move, await self.io(src.uids), dest)
+            self.notify("INBOX")
+            return
+        moves = [(f, new + f[len(old):]) for f in list_folders(self.root)
+                 if f == old or f.startswith(old + ".")]
+        for parent in _parents(new):
+            if not (self.root / f".{parent}").is_dir():
+                await self.io(create_folder, self.root, parent)
+        for src, dst in moves:
+            await self.io((self.root / f".{src}").rename, self.root / f".{dst}")
+            await self.io(self.mailbox_index.forget, src)
+        return
+        yield
+
+    # --- subscriptions ---
+
+    async def do_subscribe(self, cmd):
+        self.existing_folder(cmd.args.mailbox)
+        subs = names.load_subscriptions(self.root)
+        subs.add(names.to_imap(self.folder_name(cmd.args.mailbox)))
+        await self.io(names.save_subscriptions, self.root, subs)
+        return
+        yield
+
+    async def do_unsubscribe(self, cmd):
+        subs = names.load_subscriptions(self.root)
+        name = names.to_imap(self.folder_name(cmd.args.mailbox))
+        if name not in subs:
+            raise No(f"Not subscribed to {cmd.args.mailbox}", "NONEXISTENT")
+        subs.discard(name)
+        await self.io(names.save_subscriptions, self.root, subs)
+        return
+        yield
+
+    # --- LIST / LSUB ---
+
+    async def do_list(self, cmd):
+        args = cmd.args
+        if args.patterns == ("",):
+            # RFC 3501 §6.3.8: the hierarchy delimiter and root name.
+            yield b'* LIST (\\Noselect) "/" ""\r\n'
+            return
+        lsub = cmd.name == "LSUB"
+        folders = self.all_folders()
+        existing = {names.to_imap(f) for f in folders}
+        subs = names.load_subscriptions(self.root)
+        want_subscribed = lsub or "SUBSCRIBED" in args.selection
+        returns = set(args.returns)
+        regexes = [_pattern(args.reference, p) for p in args.patterns]
+        candidates = sorted(existing | (subs if want_subscribed else set()),
+                            key=lambda n: (n != "INBOX", n))
+        for name in candidates:
+            if not any(_matches(r, name) for r in regexes):
+                continue
+            if want_subscribed and name not in subs:
+                continue
+            attrs = []
+            if name not in existing:
+                attrs.append("\\NonExistent" if not lsub else "\\Noselect")
+            children = any(o.startswith(name + "/") for o in existing)
+            if not lsub:
+                attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+            if name in subs and ("SUBSCRIBED" in returns or "SUBSCRIBED" in args.selection):
+                attrs.append("\\Subscribed")
+            use = names.special_use(names.to_folder(name)) if name in existing else None
+            if use:  # RFC 6154 §4: always shown; the SPECIAL-USE options only filter
+                attrs.append(use)
+            if "SPECIAL-USE" in args.selection and not use:
+                continue
+            word = "LSUB" if lsub else "LIST"
+            yield (f"* {word} (".encode() + " ".join(attrs).encode() + b') "/" '
+                   + self.wire_name(name) + b"\r\n")
+            if args.status_items and name in existing:
+                yield await self._status_line(name, args.status_items)
+
+    async def do_lsub(self, cmd):
+        async for chunk in self.do_list(cmd):
+            yield chunk
+
+    # --- STATUS ---
+
+    async def do_status(self, cmd):
+        name = cmd.args.mailbox
+        self.existing_folder(name)
+        yield await self._status_line(name, cmd.args.items)
+
+    async def _status_line(self, name: str, items) -> bytes:
+        folder = self.folder_name(name)
+        index = await self.io(self.mailbox_index.folder, folder)
+        await self.io(index.sync)
+        status = await self.io(index.status)
+        values = {"MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.uidnext,
+                  "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
+                  "SIZE": status.size, "HIGHESTMODSEQ": status.highestmodseq}
+        out = []
+        for item in items:
+            item = item.upper()
+            if item == "DELETED":
+                infos = await self.io(index.messages)
+                value = sum(1 for m in infos if "\\Deleted" in m.flags)
+            elif item in values:
+                value = values[item]
+            else:
+                raise Bad(f"Unknown STATUS item {item}")
+            out += [item, str(value)]
+        return b"* STATUS " + self.wire_name(name) + b" (" + " ".join(out).encode() + b")\r\n"
+
+    # --- APPEND ---
+
+    async def do_append(self, cmd):
+        from server.imap.session import _Code
+
+        name = cmd.args.mailbox
+        try:
+            folder = self.existing_folder(name)
+        except No:
+            raise No(f"No mailbox {name}", "TRYCREATE") from None
+        index = await self.io(self.mailbox_index.folder, folder)
+        uids = []
+        for message in cmd.args.messages:
+            if b"\x00" in message.data and not message.binary:
+                raise No("NUL in a message; send it as a literal8 (BINARY)", "CANNOT")
+            data = _crlf(message.data)
+            try:
+                uids.append(await self.io(index.append, data, set(message.flags),
+                                          message.date))
+            except ValueError as err:
+                raise No(str(err), "CANNOT") from None
+        status = await self.io(index.status)
+        self.notify(folder)
+        if self.selected is not None and self.selected.name == folder:
+            for chunk in await self.updates():
+                yield chunk
+        yield _Code(f"APPENDUID {status.uidvalidity} " + ",".join(map(str, uids)))
+
+
+def _crlf(data: bytes) -> bytes:
+    """Store CRLF line ends whatever the client sent (bare LF from some scripts)."""
+    if b"\n" not in data.replace(b"\r\n", b""):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _parents(folder: str) -> list[str]:
+    parts = folder.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+__all__ = ["MailboxCommands", "encode"]

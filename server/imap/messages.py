@@ -1,0 +1,374 @@
+"""Selected-state commands (RFC 3501 §6.4): FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851),
+EXPUNGE, UID EXPUNGE (RFC 4315), CHECK, CLOSE, UNSELECT (RFC 3691), and the untagged updates
+every command ends with. The heavy work (file reads, MIME parsing, SQLite) runs in worker
+threads in batches, so one big FETCH neither blocks other sessions nor piles up in memory."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from server.imap import fetch, search
+from server.imap.encode import astring
+from server.imap.responses import Bad, No, ok
+
+BATCH = 500  # messages rendered per worker-thread call
+NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
+
+
+def compress(numbers) -> str:
+    """1,2,3,5 -> "1:3,5" (RFC 3501 sequence-set)."""
+    out, start, prev = [], None, None
+    for n in sorted(numbers):
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:
+            prev = n
+        else:
+            out.append(f"{start}:{prev}" if start != prev else str(start))
+            start = prev = n
+    if start is not None:
+        out.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(out)
+
+
+class MessageCommands:
+    # --- updates for NOOP, IDLE and after each command ---
+
+    async def updates(self, allow_expunge: bool = True) -> list[bytes]:
+        if self.selected is None:
+            return []
+        await self.io(self.selected.refresh)
+        return self.selected.updates(allow_expunge)
+
+    async def after_command(self, cmd) -> list[bytes]:
+        if self.selected is None or cmd.name in ("SELECT", "EXAMINE", "LOGOUT"):
+            return []
+        return await self.updates(allow_expunge=cmd.uid or cmd.name not in NO_EXPUNGE)
+
+    def idle_refusal(self):
+        from server.imap.session import AUTHED
+
+        return None if self.state in AUTHED else Bad("IDLE is only allowed after login")
+
+    def watch(self):
+        folder = self.selected.name if self.selected is not None else ""
+        self.watching = (folder, self.ctx.hub.subscribe(self.user.address, folder))
+        return self.watching[1]
+
+    def unwatch(self) -> None:
+        if self.watching is not None:
+            self.ctx.hub.unsubscribe(self.user.address, self.watching[0], self.watching[1])
+            self.watching = None
+
+    def _condstore(self) -> None:
+        """RFC 7162 §3.1: using MODSEQ, CHANGEDSINCE or UNCHANGEDSINCE turns CONDSTORE on."""
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.selected.condstore = True
+
+    def _writable(self) -> None:
+        if self.selected.readonly:
+            raise No("The mailbox is open read-only (EXAMINE)", "READ-ONLY")
+
+    # --- CHECK, CLOSE, UNSELECT ---
+
+    async def do_check(self, cmd):
+        return
+        yield
+
+    async def do_close(self, cmd):
+        # RFC 3501 §6.4.2: expunge silently, then leave the selected state.
+        if not self.selected.readonly:
+            deleted = [u for u in self.selected.uids if "\\Deleted" in self.selected.flags[u]]
+            if deleted:
+                await self.io(self.selected.folder.expunge, deleted)
+                self.notify(self.selected.name)
+        self._deselect()
+        return
+        yield
+
+    async def do_unselect(self, cmd):
+        self._deselect()
+        return
+        yield
+
+    def _deselect(self) -> None:
+        from server.imap.session import AUTHENTICATED
+
+        self.selected = None
+        self.state = AUTHENTICATED
+
+    # --- EXPUNGE ---
+
+    async def do_expunge(self, cmd):
+        self._writable()
+        sel = self.selected
+        deleted = [u for u in sel.uids if "\\Deleted" in sel.flags[u]]
+        if cmd.uid:  # UID EXPUNGE (RFC 4315 §2.1): only those named
+            largest = sel.uids[-1] if sel.uids else 0
+            deleted = [u for u in deleted if cmd.args.seqset.contains(u, largest)]
+        if deleted:
+            gone = await self.io(sel.folder.expunge, deleted)
+            sel.pending_expunge.update(u for u in gone if u in sel.flags)
+            self.notify(sel.name)
+        for line in sel.updates(allow_expunge=True):
+            yield line
+
+    # --- FETCH ---
+
+    async def do_fetch(self, cmd):
+        sel = self.selected
+        args = cmd.args
+        items = list(args.items)
+        names = {i.name for i in items}
+        if "MODSEQ" in names or args.changedsince is not None:
+            self._condstore()
+        if cmd.uid and "UID" not in names:
+            items.insert(0, _item("UID"))
+        if args.changedsince is not None and "MODSEQ" not in names:
+            items.append(_item("MODSEQ"))  # RFC 7162 §3.3: CHANGEDSINCE implies MODSEQ
+        targets = sel.select(args.seqset, cmd.uid)
+        if not targets:
+            return
+        seen_uids = []
+        if not sel.readonly and any(fetch.sets_seen(i) for i in items):
+            seen_uids = [u for _, u in targets if "\\Seen" not in sel.flags.get(u, ())]
+        if seen_uids:
+            changed, _ = await self.io(sel.folder.store_flags, seen_uids, {"\\Seen"}, "add")
+            for info in changed:
+                sel.flags[info.uid] = info.flags
+            self.notify(sel.name)
+        seen = set(seen_uids)
+        infos = None
+        if args.changedsince is not None or names & INFO_ITEMS or \
+                any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items):
+            infos = await self.io(_infos, sel.folder, [u for _, u in targets])
+        gone = False
+        for start in range(0, len(targets), BATCH):
+            batch = targets[start:start + BATCH]
+            lines, missing = await self.io(self._fetch_batch, batch, items, args.changedsince,
+                                           seen, infos)
+            gone = gone or missing
+            for line in lines:
+                yield line
+        if gone:
+            raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
+
+    def _fetch_batch(self, batch, items, changedsince, seen,
+                     infos) -> tuple[list[bytes], bool]:
+        """Runs in a worker thread: cache, file reads, MIME. ``infos`` is None when only
+        flags and UIDs are asked for: the session's view has those."""
+        sel = self.selected
+        folder = sel.folder
+        uids = [u for _, u in batch]
+        kinds = {fetch.cached_kind(i) for i in items} - {None}
+        cache = {k: folder.get_cached_many(uids, k) for k in kinds}
+        new_cache: dict[str, list] = {k: [] for k in kinds}
+        wants_file = any(fetch.needs_file(i) for i in items)
+        lines, missing = [], False
+        for seq, uid in batch:
+            info = infos.get(uid) if infos is not None else None
+            if infos is not None and info is None:
+                missing = True
+                continue
+            if uid not in sel.flags:
+                missing = True
+                continue
+            if changedsince is not None and info.modseq <= changedsince:
+                continue
+            message = None
+            if wants_file or any(k not in cache or uid not in cache[k] for k in kinds):
+                try:
+                    message = folder.read(uid)
+                except (OSError, LookupError):
+                    missing = True
+                    continue
+            pairs = []
+            flags_sent = False
+            for item in items:
+                name = item.name
+                if name == "UID":
+                    pairs.append((b"UID", str(uid).encode()))
+                elif name == "FLAGS":
+                    pairs.append(fetch.flags_item(sel.flags[uid]))
+                    flags_sent = True
+                elif name == "INTERNALDATE":
+                    pairs.append((b"INTERNALDATE", fetch.internal_date(info.internal_date)))
+                elif name == "RFC822.SIZE":
+                    pairs.append((b"RFC822.SIZE", str(info.size).encode()))
+                elif name == "MODSEQ":
+                    pairs.append((b"MODSEQ", f"({info.modseq})".encode()))
+                elif fetch.cached_kind(item):
+                    kind = fetch.cached_kind(item)
+                    value = cache[kind].get(uid)
+                    if value is None:
+                        value = fetch.compute_cached(kind, message)
+                        cache[kind][uid] = value
+                        new_cache[kind].append((uid, value))
+                    value = value if isinstance(value, bytes) else value.encode()
+                    pairs.append((name.encode(), value))
+                else:
+                    rendered = fetch.content_item(item, message)
+                    if rendered is None:
+                        raise No("Unknown content transfer encoding", "UNKNOWN-CTE")
+                    pairs.append(rendered)
+            if uid in seen and not flags_sent:
+                pairs.append(fetch.flags_item(sel.flags[uid]))
+            lines.append(fetch.render(seq, pairs))
+        for kind, values in new_cache.items():
+            if values:
+                folder.put_cached_many(kind, values)
+        return lines, missing
+
+    # --- STORE ---
+
+    async def do_store(self, cmd):
+        from server.imap.session import _Code
+
+        self._writable()
+        sel = self.selected
+        args = cmd.args
+        targets = sel.select(args.seqset, cmd.uid)
+        if args.unchangedsince is not None:
+            self._condstore()
+        mode = {"+": "add", "-": "remove", "": "replace"}[args.mode]
+        try:
+            changed, failed = await self.io(sel.folder.store_flags, [u for _, u in targets],
+                                            set(args.flags), mode, args.unchangedsince)
+        except ValueError as err:
+            raise Bad(str(err)) from None
+        for info in changed:
+            sel.flags[info.uid] = info.flags
+        if changed:
+            self.notify(sel.name)
+        report = not args.silent or args.unchangedsince is not None
+        if report:
+            for info in changed:
+                seq = sel.seq_of(info.uid)
+                if seq is not None:
+                    yield sel.flags_line(seq, info.uid, cmd.uid,
+                                         info.modseq if sel.condstore else None)
+        if failed:
+            numbers = failed if cmd.uid else [sel.seq_of(u) for u in failed]
+            yield _Code(f"MODIFIED {compress(n for n in numbers if n)}")
+
+    # --- SEARCH ---
+
+    async def do_search(self, cmd):
+        sel = self.selected
+        args = cmd.args
+        if _uses_modseq(args.key):
+            self._condstore()
+        infos = await self.io(sel.folder.messages)
+        by_uid = {m.uid: m for m in infos}
+        folder = sel.folder
+        candidates = []
+        for seq, uid in enumerate(sel.uids, 1):
+            info = by_uid.get(uid)
+            if info is None:
+                continue
+            flags = sel.flags.get(uid, info.flags)
+            candidates.append(search.Candidate(
+                seq=seq, uid=uid,
+                flags=frozenset(f for f in flags if f.startswith("\\")),
+                keywords=frozenset(f for f in flags if not f.startswith("\\")),
+                size=info.size, internal_date=dt.datetime.fromtimestamp(info.internal_date,
+                                                                        dt.UTC),
+                modseq=info.modseq, recent=False, load=lambda u=uid: folder.read(u)))
+        largest_uid = sel.uids[-1] if sel.uids else 0
+        found = await self.io(lambda: search.search(args.key, candidates,
+                                                    largest_seq=len(sel.uids),
+                                                    largest_uid=largest_uid))
+        numbers = [c.uid if cmd.uid else c.seq for c in found]
+        modseq = max((c.modseq for c in found), default=None) if _uses_modseq(args.key) \
+            else None
+        if args.returns is None:
+            line = "SEARCH" + "".join(f" {n}" for n in numbers)
+            if modseq is not None:
+                line += f" (MODSEQ {modseq})"
+            yield f"* {line}\r\n".encode()
+            return
+        returns = set(args.returns) or {"ALL"}
+        parts = [f'(TAG "{cmd.tag}")'] + (["UID"] if cmd.uid else [])
+        if numbers:
+            if "MIN" in returns:
+                parts.append(f"MIN {min(numbers)}")
+            if "MAX" in returns:
+                parts.append(f"MAX {max(numbers)}")
+            if "ALL" in returns:
+                parts.append(f"ALL {compress(numbers)}")
+        if "COUNT" in returns:
+            parts.append(f"COUNT {len(numbers)}")
+        if modseq is not None and numbers:
+            parts.append(f"MODSEQ {modseq}")
+        yield ("* ESEARCH " + " ".join(parts) + "\r\n").encode()
+
+    # --- COPY / MOVE ---
+
+    async def do_copy(self, cmd):
+        async for chunk in self._copy_or_move(cmd, move=False):
+            yield chunk
+
+    async def do_move(self, cmd):
+        async for chunk in self._copy_or_move(cmd, move=True):
+            yield chunk
+
+    async def _copy_or_move(self, cmd, move: bool):
+        from server.imap.session import _Code
+
+        sel = self.selected
+        if move:
+            self._writable()
+        try:
+            dest_name = self.existing_folder(cmd.args.mailbox)
+        except No:
+            raise No(f"No mailbox {cmd.args.mailbox}", "TRYCREATE") from None
+        if move and dest_name == sel.name:
+            raise No("Source and destination are the same mailbox", "CANNOT")
+        targets = sel.select(cmd.args.seqset, cmd.uid)
+        if not targets:
+            return
+        dest = await self.io(self.mailbox_index.folder, dest_name)
+        uids = [u for _, u in targets]
+        pairs = await self.io(dest_folder_op(sel.folder, move), uids, dest)
+        status = await self.io(dest.status)
+        self.notify(dest_name)
+        code = None
+        if pairs:
+            code = (f"COPYUID {status.uidvalidity} {compress(p[0] for p in pairs)} "
+                    f"{compress(p[1] for p in pairs)}")
+        if move:
+            if code:
+                yield ok("Moved", code)
+            sel.pending_expunge.update(p[0] for p in pairs if p[0] in sel.flags)
+            self.notify(sel.name)
+            for line in sel.updates(allow_expunge=True):
+                yield line
+        elif code:
+            yield _Code(code)
+
+
+INFO_ITEMS = {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
+
+
+def _infos(folder, uids: list[int]) -> dict:
+    return folder.get_many(uids)
+
+
+def dest_folder_op(folder, move: bool):
+    return folder.move if move else folder.copy
+
+
+def _uses_modseq(key) -> bool:
+    if key.name == "MODSEQ":
+        return True
+    return any(_uses_modseq(a) for a in key.args if hasattr(a, "name") and hasattr(a, "args"))
+
+
+def _item(name: str):
+    from server.imap.parser import FetchItem
+
+    return FetchItem(name)
+
+
+__all__ = ["MessageCommands", "astring", "compress"]

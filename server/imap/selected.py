@@ -1,0 +1,126 @@
+"""A session's view of its selected mailbox: sequence numbers, known flags, pending updates.
+
+Every session has its own view (RFC 3501 §5.2: message sequence numbers are per session) of a
+``FolderIndex`` that all sessions of the user share. Keeping up costs one
+``changes_since(last MODSEQ seen)`` query, never a scan of the folder: new messages become
+``EXISTS``, flag changes ``FETCH (FLAGS ...)``, expunges ``EXPUNGE`` — but expunges only when
+the command allows them (RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH, which would renumber
+messages under the client's feet); until then they wait and the numbers stay.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from server.imap.encode import flag_list
+from server.imap.responses import untagged
+
+
+class Selected:
+    def __init__(self, folder, name: str, readonly: bool, condstore: bool):
+        self.folder = folder
+        self.name = name  # the Maildir++ folder name
+        self.readonly = readonly
+        self.condstore = condstore
+        self.uids: list[int] = []  # sequence number n is uids[n - 1]
+        self.flags: dict[int, frozenset[str]] = {}
+        self.modseq = 0  # the HIGHESTMODSEQ this view reflects
+        self.uidnext = 1
+        self.pending_expunge: set[int] = set()
+        self.pending_flags: set[int] = set()  # changed by others, not yet reported
+        self.exists_reported = 0
+
+    # --- loading and polling (call from a worker thread: they touch SQLite and the disk) ---
+
+    def load(self) -> None:
+        self.folder.sync()
+        changes = self.folder.changes_since(0)
+        self.uids = [m.uid for m in changes.messages]
+        self.flags = {m.uid: m.flags for m in changes.messages}
+        self.modseq = changes.highestmodseq
+        self.uidnext = changes.uidnext
+
+    def refresh(self) -> tuple[list[int], list[int]]:
+        """Take in what changed since the last look. Returns (new UIDs, UIDs whose flags
+        changed); expunges are kept in ``pending_expunge`` until they may be reported."""
+        self.folder.sync()
+        changes = self.folder.changes_since(self.modseq)
+        known = self.flags
+        new, changed = [], []
+        for info in changes.messages:
+            if info.uid in known:
+                if known[info.uid] != info.flags:
+                    known[info.uid] = info.flags
+                    changed.append(info.uid)
+            elif not self.uids or info.uid > self.uids[-1]:
+                self.uids.append(info.uid)
+                known[info.uid] = info.flags
+                new.append(info.uid)
+        for uid in changes.expunged:
+            if uid in known:
+                self.pending_expunge.add(uid)
+        self.modseq = max(self.modseq, changes.highestmodseq)
+        self.uidnext = changes.uidnext
+        self.pending_flags.update(changed)
+        return new, changed
+
+    # --- numbers ---
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def select(self, seqset, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs a sequence set names, in order; for UID sets, '*' is the largest UID
+        and UIDs that are not here are ignored (RFC 3501 §6.4.8)."""
+        if not self.uids:
+            return []
+        if uid:
+            largest = self.uids[-1]
+            out = []
+            for lo, hi in seqset.intervals(largest):
+                start = bisect.bisect_left(self.uids, lo)
+                stop = bisect.bisect_right(self.uids, hi)
+                out.extend((i + 1, self.uids[i]) for i in range(start, stop))
+            return sorted(set(out))
+        return [(n, self.uids[n - 1]) for n in seqset.values(len(self.uids))]
+
+    # --- untagged updates ---
+
+    def updates(self, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
+        """EXPUNGE (if allowed), EXISTS and FETCH FLAGS lines for what the client has not
+        been told yet; call ``refresh`` first."""
+        out = []
+        if allow_expunge and self.pending_expunge:
+            # Highest sequence number first, so each EXPUNGE's number is still right when
+            # the client applies them in order.
+            for seq in sorted((self.seq_of(u) for u in self.pending_expunge), reverse=True):
+                uid = self.uids.pop(seq - 1)
+                self.flags.pop(uid, None)
+                self.pending_flags.discard(uid)
+                out.append(untagged(f"{seq} EXPUNGE"))
+                self.exists_reported -= 1  # the client counts down by itself
+            self.pending_expunge.clear()
+        if self.exists != self.exists_reported:
+            out.append(untagged(f"{self.exists} EXISTS"))
+            self.exists_reported = self.exists
+        for uid in sorted(self.pending_flags):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                out.append(self.flags_line(seq, uid, with_uid))
+        self.pending_flags.clear()
+        return out
+
+    def flags_line(self, seq: int, uid: int, with_uid: bool = False,
+                   modseq: int | None = None) -> bytes:
+        items = []
+        if with_uid:
+            items.append(f"UID {uid}".encode())
+        items.append(b"FLAGS " + flag_list(sorted(self.flags.get(uid, ()))))
+        if self.condstore and modseq is not None:
+            items.append(f"MODSEQ ({modseq})".encode())
+        return b"* " + str(seq).encode() + b" FETCH (" + b" ".join(items) + b")\r\n"

@@ -1,0 +1,176 @@
+"""FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, APPEND and CLOSE over a real session."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.support.imap import Raw, deliver
+
+MULTIPART = (
+    "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n",
+    "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello part one\r\n"
+    "--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+    "Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAECAwQ=\r\n--b1--\r\n",
+)
+
+
+@pytest.fixture
+def user(mx, request):
+    address = f"msg{abs(hash(request.node.name)) % 10**8}@example.test"
+    mx.add_user(address)
+    deliver(mx, address, "first", "one", "Cc: carol@remote.test\r\n")
+    deliver(mx, address, "second ünïcode", "two")
+    deliver(mx, address, "third", MULTIPART[1], MULTIPART[0])
+    return address
+
+
+@pytest.fixture
+def r(mx, user):
+    with Raw(mx) as session:
+        session.login(user)
+        session.cmd("s", "SELECT INBOX")
+        yield session
+
+
+def test_fetch_index_items(r, mx, user):
+    lines, done = r.cmd("a", "FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)")
+    assert done.startswith(b"a OK") and len(lines) == 3
+    stored = mx.messages(user)
+    for i, line in enumerate(lines, 1):
+        m = re.match(rb'\* (\d+) FETCH \(UID (\d+) FLAGS \(\) RFC822.SIZE (\d+) INTERNALDATE '
+                     rb'"\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d \+0000"\)', line)
+        assert m, line
+        assert int(m[1]) == i and int(m[2]) == i
+        assert int(m[3]) == len(stored[i - 1])  # RFC822.SIZE is the stored CRLF size
+
+
+def test_fetch_envelope_and_bodystructure(r):
+    lines, _ = r.cmd("a", "FETCH 1 ENVELOPE")
+    assert lines[0].startswith(b'* 1 FETCH (ENVELOPE ("Sat, 28 Nov 2026 12:00:00 +0000" '
+                               b'"first" (("Bob" NIL "bob" "remote.test"))')
+    assert b'(("carol" NIL' not in lines[0] and b'((NIL NIL "carol" "remote.test"))' in lines[0]
+    lines, _ = r.cmd("b", "FETCH 3 BODYSTRUCTURE")
+    assert lines[0].startswith(b'* 3 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "utf-8")')
+    assert b'"APPLICATION" "OCTET-STREAM"' in lines[0] and b'"MIXED"' in lines[0]
+    again, _ = r.cmd("c", "FETCH 3 BODYSTRUCTURE")  # now from the index's cache
+    assert again == lines
+
+
+def test_body_sections_partial_and_peek(r):
+    lines, _ = r.cmd("a", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject From)] FLAGS)")
+    assert lines[0] == (b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {47}\r\n"
+                        b"From: Bob <bob@remote.test>\r\nSubject: first\r\n\r\n FLAGS ())")
+    lines, _ = r.cmd("b", "FETCH 3 (BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[TEXT]<0.6>)")
+    assert b'BODY[1] "Hello part one"' in lines[0]
+    assert b"BODY[2.MIME]" in lines[0] and b"Content-Disposition: attachment" in lines[0]
+    assert b"BODY[TEXT]<0> {6}\r\n--b1\r\n" in lines[0]
+    lines, _ = r.cmd("c", "FETCH 3 (BINARY.PEEK[2] BINARY.SIZE[2])")
+    assert b"BINARY[2] ~{5}\r\n\x00\x01\x02\x03\x04" in lines[0]
+    assert b"BINARY.SIZE[2] 5" in lines[0]
+    assert r.cmd("d", "FETCH 1:3 FLAGS")[0] == [b"* 1 FETCH (FLAGS ())", b"* 2 FETCH (FLAGS ())",
+                                                b"* 3 FETCH (FLAGS ())"]
+    lines, _ = r.cmd("e", "FETCH 2 BODY[TEXT]")  # not PEEK: marks \Seen and says so
+    assert lines[0].startswith(b"* 2 FETCH (BODY[TEXT] {5}\r\ntwo\r\n FLAGS (\\Seen))")
+
+
+def test_uid_fetch_always_has_uid_and_ignores_missing(r):
+    lines, done = r.cmd("a", "UID FETCH 2:99 FLAGS")
+    assert lines == [b"* 2 FETCH (UID 2 FLAGS ())", b"* 3 FETCH (UID 3 FLAGS ())"]
+    assert r.cmd("b", "UID FETCH 50:60 FLAGS")[0] == []
+    assert r.cmd("c", "FETCH 9 FLAGS")[0] == []
+
+
+def test_store_flags_and_keywords(r):
+    lines, _ = r.cmd("a", "STORE 1 +FLAGS (\\Flagged $Junk)")
+    assert lines == [b"* 1 FETCH (FLAGS ($Junk \\Flagged))"]
+    lines, _ = r.cmd("b", "STORE 1 -FLAGS.SILENT ($Junk)")
+    assert lines == []
+    lines, _ = r.cmd("c", "UID STORE 1:2 FLAGS (\\Seen \\Answered)")
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))",
+                     b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Seen))"]
+    _, done = r.cmd("d", "STORE 1 +FLAGS (\\Recent)")
+    assert done.startswith(b"d BAD")
+
+
+def test_condstore_unchangedsince_and_changedsince(r):
+    lines, _ = r.cmd("a", "FETCH 1 (MODSEQ)")
+    modseq = int(re.search(rb"MODSEQ \((\d+)\)", lines[0])[1])
+    lines, _ = r.cmd("b", f"STORE 1 (UNCHANGEDSINCE {modseq}) +FLAGS (\\Seen)")
+    assert b"MODSEQ (" in lines[0]
+    _, done = r.cmd("c", f"STORE 1 (UNCHANGEDSINCE {modseq}) +FLAGS (\\Flagged)")
+    assert done.startswith(b"c OK [MODIFIED 1]")
+    lines, _ = r.cmd("d", f"FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq})")
+    assert len(lines) == 1 and lines[0].startswith(b"* 1 FETCH (FLAGS (\\Seen) MODSEQ (")
+
+
+def test_search(r):
+    r.cmd("x", "STORE 2 +FLAGS (\\Seen $Important)")
+    cases = {
+        "SEARCH ALL": b"* SEARCH 1 2 3",
+        "SEARCH FROM bob": b"* SEARCH 1 2 3",
+        "SEARCH SUBJECT second": b"* SEARCH 2",
+        "SEARCH UNSEEN": b"* SEARCH 1 3",
+        "SEARCH KEYWORD $Important": b"* SEARCH 2",
+        "SEARCH OR SUBJECT first SUBJECT third": b"* SEARCH 1 3",
+        "SEARCH NOT SUBJECT first": b"* SEARCH 2 3",
+        "SEARCH CC carol": b"* SEARCH 1",
+        "SEARCH BODY \"part one\"": b"* SEARCH 3",
+        "SEARCH SINCE 1-Jan-2020 LARGER 10": b"* SEARCH 1 2 3",
+        "UID SEARCH 2:*": b"* SEARCH 2 3",
+        "SEARCH HEADER Content-Type multipart": b"* SEARCH 3",
+    }
+    for i, (command, expected) in enumerate(cases.items()):
+        lines, done = r.cmd(f"s{i}", command)
+        assert lines == [expected], command
+    lines, _ = r.cmd("u", b"SEARCH CHARSET UTF-8 SUBJECT {6+}\r\n\xc3\xbcn\xc3\xafc")
+    assert lines == [b"* SEARCH 2"]
+    lines, _ = r.cmd("e", "UID SEARCH RETURN (MIN MAX COUNT ALL) ALL")
+    assert lines == [b'* ESEARCH (TAG "e") UID MIN 1 MAX 3 ALL 1:3 COUNT 3']
+    _, done = r.cmd("f", "SEARCH CHARSET KOI8-R ALL")
+    assert b"BADCHARSET" in done
+
+
+def test_copy_move_expunge(r, mx, user):
+    lines, done = r.cmd("a", "COPY 1:2 Archive")
+    assert re.match(rb"a OK \[COPYUID \d+ 1:2 1:2\]", done)
+    lines, done = r.cmd("b", "MOVE 3 Archive")
+    assert re.match(rb"\* OK \[COPYUID \d+ 3 3\]", lines[0]) and b"* 3 EXPUNGE" in lines
+    _, done = r.cmd("c", "COPY 1 Nowhere")
+    assert done.startswith(b"c NO [TRYCREATE]")
+    r.cmd("d", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+    lines, _ = r.cmd("e", "EXPUNGE")
+    assert lines == [b"* 1 EXPUNGE"]
+    lines, _ = r.cmd("f", "FETCH 1:* UID")
+    assert lines == [b"* 1 FETCH (UID 2)"]
+    r.cmd("g", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+    lines, _ = r.cmd("h", "UID EXPUNGE 1")  # UID 1 is already gone: nothing happens
+    assert lines == []
+    lines, _ = r.cmd("i", "UID EXPUNGE 2")
+    assert lines == [b"* 1 EXPUNGE"]
+    lines, _ = r.cmd("j", "STATUS Archive (MESSAGES)")
+    assert lines == [b"* STATUS Archive (MESSAGES 3)"]
+
+
+def test_append_and_close(r, mx, user):
+    msg = b"From: me@example.test\r\nSubject: appended\r\n\r\nstored by APPEND\r\n"
+    lines, done = r.cmd("a", b'APPEND Sent (\\Seen $Draftish) "01-Dec-2026 10:00:00 +0100" {%d+}'
+                        b"\r\n" % len(msg) + msg)
+    assert re.match(rb"a OK \[APPENDUID \d+ 1\]", done)
+    lines, _ = r.cmd("b", 'LIST "" Sent RETURN (STATUS (MESSAGES))')
+    assert lines[-1] == b"* STATUS Sent (MESSAGES 1)"
+    lines, done = r.cmd("c", b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
+    assert b"* 4 EXISTS" in lines  # the selected mailbox learns of it at once
+    lines, _ = r.cmd("d", "FETCH 4 (FLAGS BODY.PEEK[TEXT])")
+    assert lines == [b"* 4 FETCH (FLAGS () BODY[TEXT] {18}\r\nstored by APPEND\r\n)"]
+    _, done = r.cmd("e", b"APPEND Nowhere {%d+}\r\n" % len(msg) + msg)
+    assert done.startswith(b"e NO [TRYCREATE]")
+    r.cmd("f", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+    lines, done = r.cmd("g", "CLOSE")
+    assert lines == [] and done.startswith(b"g OK")  # CLOSE expunges silently
+    lines, _ = r.cmd("h", "STATUS INBOX (MESSAGES)")
+    assert lines == [b"* STATUS INBOX (MESSAGES 3)"]
+    sent = mx.maildir(user, "Sent")
+    [key] = sent.keys()
+    assert sent.get_bytes(key) == msg
