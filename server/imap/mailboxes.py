@@ -273,6 +273,37 @@ class MailboxCommands:
             out += [item, str(value)]
         return b"* STATUS " + self.wire_name(name) + b" (" + " ".join(out).encode() + b")\r\n"
 
+    # --- QUOTA (RFC 9208): one root, "", holding the user's whole mailbox ---
+
+    async def _quota_line(self) -> bytes:
+        from maildir import quota
+
+        limit = self.user.quota_bytes
+        if not limit:
+            return b'* QUOTA "" ()\r\n'
+        used, _ = await self.io(quota.usage, self.root, limit)
+        # STORAGE is counted in units of 1024 octets (RFC 9208 §5.1).
+        return f'* QUOTA "" (STORAGE {used // 1024} {limit // 1024})\r\n'.encode()
+
+    async def do_getquotaroot(self, cmd):
+        self.existing_folder(cmd.args.mailbox)
+        yield b"* QUOTAROOT " + self.wire_name(cmd.args.mailbox) + b' ""\r\n'
+        yield await self._quota_line()
+
+    async def do_getquota(self, cmd):
+        if cmd.args.mailbox != "":
+            raise No(f"No quota root {cmd.args.mailbox}", "NONEXISTENT")
+        yield await self._quota_line()
+
+    async def _check_quota(self, size: int) -> None:
+        from maildir import quota
+
+        limit = self.user.quota_bytes
+        if limit:
+            used, _ = await self.io(quota.usage, self.root, limit)
+            if used + size > limit:
+                raise No("Over quota", "OVERQUOTA")
+
     # --- APPEND ---
 
     async def do_append(self, cmd):
@@ -284,6 +315,7 @@ class MailboxCommands:
         except No:
             raise No(f"No mailbox {name}", "TRYCREATE") from None
         index = await self.io(self.mailbox_index.folder, folder)
+        await self._check_quota(sum(len(m.data) for m in cmd.args.messages))
         uids = []
         for message in cmd.args.messages:
             if b"\x00" in message.data and not message.binary:

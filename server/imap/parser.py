@@ -97,6 +97,8 @@ COMMANDS = {
     "LIST": mailbox.parse_list,
     "LSUB": mailbox.parse_lsub,
     "STATUS": mailbox.parse_status,
+    "GETQUOTA": mailbox.parse_quota_root,  # RFC 9208
+    "GETQUOTAROOT": mailbox.parse_mailbox,
     "APPEND": mailbox.parse_append,
     "SEARCH": search.parse_search,
     "FETCH": messages.parse_fetch,

@@ -131,3 +131,22 @@ def test_select_and_examine(mx, user):
         assert done.startswith(b"d NO [NONEXISTENT]")
         _, done = r.cmd("e", "FETCH 1 FLAGS")  # a failed SELECT leaves nothing selected
         assert done.startswith(b"e BAD")
+
+
+def test_quota(fresh):
+    fresh.add_user("q@example.test", quota_bytes=10 * 1024)
+    fresh.add_user("free@example.test")
+    fresh.start()
+    deliver(fresh, "q@example.test", "fill", ("x" * 98 + "\r\n") * 30)
+    with session(fresh, "q@example.test") as r:
+        lines, _ = r.cmd("a", "GETQUOTAROOT INBOX")
+        assert lines[0] == b'* QUOTAROOT INBOX ""'
+        assert lines[1].startswith(b'* QUOTA "" (STORAGE 3 10)')
+        lines, _ = r.cmd("b", 'GETQUOTA ""')
+        assert lines[0].startswith(b'* QUOTA "" (STORAGE ')
+        big = b"Subject: big\r\n\r\n" + (b"y" * 98 + b"\r\n") * 100
+        _, done = r.cmd("c", b"APPEND Sent {%d+}\r\n" % len(big) + big)
+        assert done.startswith(b"c NO [OVERQUOTA]")
+    with session(fresh, "free@example.test") as r:
+        lines, _ = r.cmd("a", 'GETQUOTA ""')
+        assert lines == [b'* QUOTA "" ()']

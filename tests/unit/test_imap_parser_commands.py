@@ -359,3 +359,11 @@ def test_multiappend():
 ])
 def test_append_errors(line, message):
     assert error(line).message == message
+
+
+def test_quota_commands():
+    from server.imap.parser import Mailbox, parse_command
+
+    assert parse_command(b'a GETQUOTA ""').args == Mailbox("")
+    assert parse_command(b"b GETQUOTAROOT INBOX").args == Mailbox("INBOX")
+    assert parse_command(b"c GETQUOTAROOT &AMQ-rger").args == Mailbox("Ärger")

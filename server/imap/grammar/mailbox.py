@@ -11,6 +11,7 @@ from server.imap.grammar.seqset import SequenceSet
 from server.imap.grammar.tokens import (
     Buf,
     ParseError,
+    astring,
     atom,
     date_time,
     expect,
@@ -203,6 +204,12 @@ def parse_create(buf: Buf) -> tuple[Create, Buf]:
 def parse_mailbox(buf: Buf) -> tuple[Mailbox, Buf]:
     name, buf = mailbox(sp(buf, "the mailbox name"))
     return Mailbox(name), buf
+
+
+def parse_quota_root(buf: Buf) -> tuple[Mailbox, Buf]:
+    """GETQUOTA's argument (RFC 9208 §4.2): a quota root name, which may be empty."""
+    raw, buf = astring(sp(buf, "the quota root"), "the quota root")
+    return Mailbox(raw.decode("utf-8", "replace")), buf
 
 
 def parse_rename(buf: Buf) -> tuple[Rename, Buf]:
