@@ -68,7 +68,7 @@ def test_tags():
 
 
 def test_unknown_command_and_uid_forms():
-    err = error(b"a SETQUOTA "" (STORAGE 1)")
+    err = error(b'a SETQUOTA "" (STORAGE 1)')
     assert (err.tag, err.message) == ("a", "unknown command SETQUOTA")
     assert error(b"a UID SELECT INBOX").message.startswith("UID SELECT: only COPY FETCH MOVE")
     assert error(b"a  NOOP").message == "expected a command name, found ' NOOP'"
