@@ -104,7 +104,8 @@ def render(seq: int, pairs: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def flags_item(flags) -> tuple[bytes, bytes]:
-    return b"FLAGS", flag_list(sorted(flags))
+    """``flags`` in the order to send them (the session appends \\Recent)."""
+    return b"FLAGS", flag_list(flags)
 
 
 __all__ = ["Raw", "cached_kind", "compute_cached", "content_item", "flags_item",

@@ -104,8 +104,9 @@ class MailboxCommands:
         yield responses.ok("Flags you can change", "PERMANENTFLAGS " +
                            flag_list(permanent).decode())
         yield responses.untagged(f"{view.exists} EXISTS")
-        yield responses.untagged("0 RECENT")
+        yield responses.untagged(f"{len(view.recent)} RECENT")
         view.exists_reported = view.exists
+        view.recent_reported = len(view.recent)
         if status.first_unseen is not None:
             seq = view.seq_of(status.first_unseen)
             if seq is not None:

@@ -190,7 +190,7 @@ class MessageCommands:
                 if name == "UID":
                     pairs.append((b"UID", str(uid).encode()))
                 elif name == "FLAGS":
-                    pairs.append(fetch.flags_item(sel.flags[uid]))
+                    pairs.append(fetch.flags_item(sel.flag_names(uid)))
                     flags_sent = True
                 elif name == "INTERNALDATE":
                     pairs.append((b"INTERNALDATE", fetch.internal_date(info.internal_date)))
@@ -213,7 +213,7 @@ class MessageCommands:
                         raise No("Unknown content transfer encoding", "UNKNOWN-CTE")
                     pairs.append(rendered)
             if uid in seen and not flags_sent:
-                pairs.append(fetch.flags_item(sel.flags[uid]))
+                pairs.append(fetch.flags_item(sel.flag_names(uid)))
             lines.append(fetch.render(seq, pairs))
         for kind, values in new_cache.items():
             if values:
@@ -274,7 +274,8 @@ class MessageCommands:
                 keywords=frozenset(f for f in flags if not f.startswith("\\")),
                 size=info.size, internal_date=dt.datetime.fromtimestamp(info.internal_date,
                                                                         dt.UTC),
-                modseq=info.modseq, recent=False, load=lambda u=uid: folder.read(u)))
+                modseq=info.modseq, recent=uid in sel.recent,
+                load=lambda u=uid: folder.read(u)))
         largest_uid = sel.uids[-1] if sel.uids else 0
         found = await self.io(lambda: search.search(args.key, candidates,
                                                     largest_seq=len(sel.uids),

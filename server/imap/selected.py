@@ -29,11 +29,15 @@ class Selected:
         self.pending_expunge: set[int] = set()
         self.pending_flags: set[int] = set()  # changed by others, not yet reported
         self.exists_reported = 0
+        # RFC 3501 §2.3.2: \Recent goes to the first session that sees a message. The index
+        # hands each new message to exactly one sync() in the process: that session has it.
+        self.recent: set[int] = set()
+        self.recent_reported = 0
 
     # --- loading and polling (call from a worker thread: they touch SQLite and the disk) ---
 
     def load(self) -> None:
-        self.folder.sync()
+        self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(0)
         self.uids = [m.uid for m in changes.messages]
         self.flags = {m.uid: m.flags for m in changes.messages}
@@ -43,7 +47,7 @@ class Selected:
     def refresh(self) -> tuple[list[int], list[int]]:
         """Take in what changed since the last look. Returns (new UIDs, UIDs whose flags
         changed); expunges are kept in ``pending_expunge`` until they may be reported."""
-        self.folder.sync()
+        self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(self.modseq)
         known = self.flags
         new, changed = [], []
@@ -105,9 +109,13 @@ class Selected:
                 out.append(untagged(f"{seq} EXPUNGE"))
                 self.exists_reported -= 1  # the client counts down by itself
             self.pending_expunge.clear()
+        self.recent &= set(self.flags)
         if self.exists != self.exists_reported:
             out.append(untagged(f"{self.exists} EXISTS"))
             self.exists_reported = self.exists
+        if len(self.recent) != self.recent_reported:
+            out.append(untagged(f"{len(self.recent)} RECENT"))
+            self.recent_reported = len(self.recent)
         for uid in sorted(self.pending_flags):
             seq = self.seq_of(uid)
             if seq is not None:
@@ -115,12 +123,16 @@ class Selected:
         self.pending_flags.clear()
         return out
 
+    def flag_names(self, uid: int) -> list[str]:
+        flags = sorted(self.flags.get(uid, ()))
+        return [*flags, "\\Recent"] if uid in self.recent else flags
+
     def flags_line(self, seq: int, uid: int, with_uid: bool = False,
                    modseq: int | None = None) -> bytes:
         items = []
         if with_uid:
             items.append(f"UID {uid}".encode())
-        items.append(b"FLAGS " + flag_list(sorted(self.flags.get(uid, ()))))
+        items.append(b"FLAGS " + flag_list(self.flag_names(uid)))
         if self.condstore and modseq is not None:
             items.append(f"MODSEQ ({modseq})".encode())
         return b"* " + str(seq).encode() + b" FETCH (" + b" ".join(items) + b")\r\n"

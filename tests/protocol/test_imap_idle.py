@@ -122,3 +122,16 @@ def test_aioimaplib_idle(mx, user):
     pushed = asyncio.run(scenario())
     assert any(b"EXISTS" in (line if isinstance(line, bytes) else str(line).encode())
                for line in pushed)
+
+
+def test_recent_goes_to_one_session(mx, user):
+    with selected(mx, user) as a:
+        deliver(mx, user, "new one")
+        lines, _ = a.cmd("n", "NOOP")
+        assert lines == [b"* 2 EXISTS", b"* 1 RECENT"]
+        assert a.cmd("f", "FETCH 2 FLAGS")[0] == [b"* 2 FETCH (FLAGS (\\Recent))"]
+        assert a.cmd("s", "SEARCH RECENT")[0] == [b"* SEARCH 2"]
+        assert a.cmd("t", "SEARCH NEW")[0] == [b"* SEARCH 2"]
+        with selected(mx, user) as b:  # RFC 3501 §2.3.2: only one session has it
+            assert b.cmd("f", "FETCH 2 FLAGS")[0] == [b"* 2 FETCH (FLAGS ())"]
+            assert b.cmd("s", "SEARCH RECENT")[0] == [b"* SEARCH"]
