@@ -10,6 +10,7 @@ outbound queue now (``mailstead queue flush``); the process id is in ``<data_dir
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import fcntl
 import logging
 import os
@@ -235,8 +236,16 @@ def clean_all_tmp(accounts: AccountStore) -> int:
     return removed
 
 
+def tune_tls_buffers() -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer (``SSLProtocol.max_size``),
+    touched at once. A TLS record carries at most 16 KiB, so 32 KiB reads lose nothing, and a
+    thousand clients idling over TLS keep about 220 MiB less."""
+    asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
+
+
 def run(config: Config) -> int:
     setup_logging(config.log.level)
+    tune_tls_buffers()
     try:
         return asyncio.run(_serve(config))
     except StartupError as err:

@@ -79,7 +79,8 @@ class MessageCommands:
     async def do_close(self, cmd):
         # RFC 3501 §6.4.2: expunge silently, then leave the selected state.
         if not self.selected.readonly:
-            deleted = [u for u in self.selected.uids if "\\Deleted" in self.selected.flags[u]]
+            sel = self.selected
+            deleted = [u for u, f in zip(sel.uids, sel.flag_sets, strict=True) if "\\Deleted" in f]
             if deleted:
                 await self.io(self.selected.folder.expunge, deleted)
                 self.notify(self.selected.name)
@@ -103,7 +104,7 @@ class MessageCommands:
     async def do_expunge(self, cmd):
         self._writable()
         sel = self.selected
-        deleted = [u for u in sel.uids if "\\Deleted" in sel.flags[u]]
+        deleted = [u for u, f in zip(sel.uids, sel.flag_sets, strict=True) if "\\Deleted" in f]
         if cmd.uid:  # UID EXPUNGE (RFC 4315 §2.1): only those named
             largest = sel.uids[-1] if sel.uids else 0
             deleted = [u for u in deleted if cmd.args.seqset.contains(u, largest)]

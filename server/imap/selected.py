@@ -6,14 +6,53 @@ Every session has its own view (RFC 3501 §5.2: message sequence numbers are per
 ``EXISTS``, flag changes ``FETCH (FLAGS ...)``, expunges ``EXPUNGE`` — but expunges only when
 the command allows them (RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH, which would renumber
 messages under the client's feet); until then they wait and the numbers stay.
+
+Memory: a view is two parallel arrays (UIDs as 4-byte integers, and references to flag sets
+shared by every view in the process), so a thousand clients idling in a big INBOX cost little.
 """
 
 from __future__ import annotations
 
 import bisect
+from array import array
 
 from server.imap.encode import flag_list
 from server.imap.responses import untagged
+
+_FLAG_SETS: dict[frozenset, frozenset] = {}
+
+
+def _shared(flags: frozenset) -> frozenset:
+    """One object per distinct flag set in the whole process (there are few of them)."""
+    return _FLAG_SETS.setdefault(flags, flags)
+
+
+class _Flags:
+    """``view.flags[uid]``: the flags this session knows for a message."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: Selected):
+        self.view = view
+
+    def __getitem__(self, uid: int) -> frozenset:
+        i = self.view.index_of(uid)
+        if i is None:
+            raise KeyError(uid)
+        return self.view.flag_sets[i]
+
+    def get(self, uid: int, default=None):
+        i = self.view.index_of(uid)
+        return default if i is None else self.view.flag_sets[i]
+
+    def __contains__(self, uid: int) -> bool:
+        return self.view.index_of(uid) is not None
+
+    def __setitem__(self, uid: int, flags: frozenset) -> None:
+        i = self.view.index_of(uid)
+        if i is None:
+            raise KeyError(uid)
+        self.view.flag_sets[i] = _shared(flags)
 
 
 class Selected:
@@ -22,8 +61,9 @@ class Selected:
         self.name = name  # the Maildir++ folder name
         self.readonly = readonly
         self.condstore = condstore
-        self.uids: list[int] = []  # sequence number n is uids[n - 1]
-        self.flags: dict[int, frozenset[str]] = {}
+        self.uids = array("L")  # sequence number n is uids[n - 1]
+        self.flag_sets: list[frozenset] = []  # parallel to uids
+        self.flags = _Flags(self)
         self.modseq = 0  # the HIGHESTMODSEQ this view reflects
         self.uidnext = 1
         self.pending_expunge: set[int] = set()
@@ -39,8 +79,8 @@ class Selected:
     def load(self) -> None:
         self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(0)
-        self.uids = [m.uid for m in changes.messages]
-        self.flags = {m.uid: m.flags for m in changes.messages}
+        self.uids = array("L", (m.uid for m in changes.messages))
+        self.flag_sets = [_shared(m.flags) for m in changes.messages]
         self.modseq = changes.highestmodseq
         self.uidnext = changes.uidnext
 
@@ -49,19 +89,19 @@ class Selected:
         changed); expunges are kept in ``pending_expunge`` until they may be reported."""
         self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(self.modseq)
-        known = self.flags
         new, changed = [], []
         for info in changes.messages:
-            if info.uid in known:
-                if known[info.uid] != info.flags:
-                    known[info.uid] = info.flags
+            i = self.index_of(info.uid)
+            if i is not None:
+                if self.flag_sets[i] != info.flags:
+                    self.flag_sets[i] = _shared(info.flags)
                     changed.append(info.uid)
             elif not self.uids or info.uid > self.uids[-1]:
                 self.uids.append(info.uid)
-                known[info.uid] = info.flags
+                self.flag_sets.append(_shared(info.flags))
                 new.append(info.uid)
         for uid in changes.expunged:
-            if uid in known:
+            if self.index_of(uid) is not None:
                 self.pending_expunge.add(uid)
         self.modseq = max(self.modseq, changes.highestmodseq)
         self.uidnext = changes.uidnext
@@ -70,9 +110,13 @@ class Selected:
 
     # --- numbers ---
 
-    def seq_of(self, uid: int) -> int | None:
+    def index_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
-        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+        return i if i < len(self.uids) and self.uids[i] == uid else None
+
+    def seq_of(self, uid: int) -> int | None:
+        i = self.index_of(uid)
+        return None if i is None else i + 1
 
     @property
     def exists(self) -> int:
@@ -85,31 +129,31 @@ class Selected:
             return []
         if uid:
             largest = self.uids[-1]
-            out = []
+            out = set()
             for lo, hi in seqset.intervals(largest):
                 start = bisect.bisect_left(self.uids, lo)
                 stop = bisect.bisect_right(self.uids, hi)
-                out.extend((i + 1, self.uids[i]) for i in range(start, stop))
-            return sorted(set(out))
+                out.update((i + 1, self.uids[i]) for i in range(start, stop))
+            return sorted(out)
         return [(n, self.uids[n - 1]) for n in seqset.values(len(self.uids))]
 
     # --- untagged updates ---
 
     def updates(self, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
-        """EXPUNGE (if allowed), EXISTS and FETCH FLAGS lines for what the client has not
-        been told yet; call ``refresh`` first."""
+        """EXPUNGE (if allowed), EXISTS, RECENT and FETCH FLAGS lines for what the client has
+        not been told yet; call ``refresh`` first."""
         out = []
         if allow_expunge and self.pending_expunge:
             # Highest sequence number first, so each EXPUNGE's number is still right when
             # the client applies them in order.
             for seq in sorted((self.seq_of(u) for u in self.pending_expunge), reverse=True):
                 uid = self.uids.pop(seq - 1)
-                self.flags.pop(uid, None)
+                del self.flag_sets[seq - 1]
                 self.pending_flags.discard(uid)
+                self.recent.discard(uid)
                 out.append(untagged(f"{seq} EXPUNGE"))
                 self.exists_reported -= 1  # the client counts down by itself
             self.pending_expunge.clear()
-        self.recent &= set(self.flags)
         if self.exists != self.exists_reported:
             out.append(untagged(f"{self.exists} EXISTS"))
             self.exists_reported = self.exists
