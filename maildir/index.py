@@ -400,6 +400,7 @@ class FolderIndex(FolderState):
         """MOVE (RFC 6851): renamed into ``dest``; returns (source UID, new UID) pairs."""
         return index_copy.move(self, uids, dest)
 
-    def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Delete these messages (whatever their flags); returns the UIDs that went."""
-        return index_ops.expunge(self, uids)
+    def expunge(self, uids: Iterable[int], only_deleted: bool = False) -> list[int]:
+        """Delete these messages (with ``only_deleted``, those of them flagged \\Deleted at
+        this moment); returns the UIDs that went."""
+        return index_ops.expunge(self, uids, only_deleted)

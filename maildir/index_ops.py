@@ -25,6 +25,7 @@ from maildir.flags import with_flags
 from maildir.index_state import info_name, locate, split_name
 from maildir.index_sync import dir_fresh, own_change_record
 from maildir.keywords import (
+    DELETED,
     bits_of_letters,
     join_keywords,
     letters_of_bits,
@@ -189,13 +190,17 @@ def append(fi: FolderIndex, data: bytes, flags, internal_date) -> int:
     return uid
 
 
-def expunge(fi: FolderIndex, uids) -> list[int]:
+def expunge(fi: FolderIndex, uids, only_deleted: bool = False) -> list[int]:
     conn = fi._conn()
     with fi._writing():
         fi._sync_before_change()
         row = fi._row(conn)
         cur_fresh = dir_fresh(fi, row, "cur", time.time_ns())
         rows = sql.message_rows(conn, row.id, uids)
+        if only_deleted:
+            # Decided under the lock from the flags as they are now, not as some session last
+            # saw them: another session may have just cleared \Deleted.
+            rows = [r for r in rows if r.flags & DELETED]
         if not rows:
             return []
         touched = set()

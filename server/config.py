@@ -316,6 +316,11 @@ class IMAPSection:
     max_connections: int = option(
         1000, "Simultaneous IMAP connections per listener; more are refused with BYE.",
         _int_range(1, 100000))
+    login_timeout: float = option(
+        60.0, "Seconds a connection may take to log in before it is closed.", _positive_float)
+    max_connections_per_ip: int = option(
+        50, "Simultaneous IMAP connections from one IP address per listener.",
+        _int_range(1, 100000))
     max_connections_per_user: int = option(
         50, "Simultaneous logged-in IMAP sessions per user (a phone, a laptop and a tablet "
         "each open several).", _int_range(1, 10000))

@@ -22,6 +22,10 @@ from server.imap.parser import Command, CommandReader, NeedLiteral, ParseError
 log = logging.getLogger("mailstead.imap")
 
 READ_SIZE = 256 * 1024
+# Before login a client may send no more than a login needs: nobody can make us hold an
+# APPEND-sized literal without a password.
+PREAUTH_LIMIT = 8 * 1024
+MAX_LINE = 64 * 1024
 MAX_BAD_COMMANDS = 20  # in a row: a client that only sends garbage is not a mail client
 IDLE_CHECK = 30.0  # seconds between looks at the disk while idling, for writers outside us
 
@@ -32,15 +36,25 @@ class Closed(Exception):
 
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session,
-                 *, tls_context: ssl.SSLContext | None, idle_timeout: float, max_literal: int):
+                 *, tls_context: ssl.SSLContext | None, idle_timeout: float, max_literal: int,
+                 login_timeout: float):
         self.reader = reader
         self.writer = writer
         self.session = session
         self.tls_context = tls_context
         self.idle_timeout = idle_timeout
+        self.login_timeout = login_timeout
         self.max_literal = max_literal
-        self.commands = CommandReader(max_literal=max_literal)
+        self.commands = self._reader()
         self.bad_in_a_row = 0
+
+    def _reader(self) -> CommandReader:
+        return CommandReader(max_line=PREAUTH_LIMIT, max_literal=PREAUTH_LIMIT)
+
+    def _limits_after(self) -> None:
+        if self.session.user is not None:
+            self.commands.max_line = MAX_LINE
+            self.commands.max_literal = self.max_literal
 
     # --- I/O primitives ---
 
@@ -49,8 +63,11 @@ class Connection:
         await self.writer.drain()
 
     async def _fill(self) -> None:
+        # RFC 3501 §5.4's 30 minutes are for users; a connection that has not logged in
+        # gets a minute, so silent connections cannot hold every slot.
+        timeout = self.idle_timeout if self.session.user is not None else self.login_timeout
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), self.idle_timeout)
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
         except TimeoutError:
             await self.write(responses.untagged("BYE Autologout; idle for too long"))
             raise Closed("idle timeout") from None
@@ -86,6 +103,7 @@ class Connection:
                 else:
                     self.bad_in_a_row = 0
                     await self._command(event)
+                    self._limits_after()
         except Closed as why:
             log.info("conn=%s closed: %s", self.session.conn_id, why)
         except asyncio.CancelledError:
@@ -154,7 +172,7 @@ class Connection:
         if self.commands.buffered() or pending:
             raise Closed("data sent in the clear after STARTTLS")
         await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=30)
-        self.commands = CommandReader(max_literal=self.max_literal)
+        self.commands = self._reader()
         self.session.tls_started()
 
     async def _idle(self, cmd: Command) -> None:
@@ -175,6 +193,8 @@ class Connection:
                 # Sync on a change event and on every tick (writers outside this process).
                 for chunk in await self.session.updates():
                     await self.write(chunk)
+                if self.session.logged_out:
+                    raise Closed("selected mailbox went away")
                 if done in finished:
                     line = done.result().rstrip(b"\r\n")
                     if line.upper() == b"DONE":

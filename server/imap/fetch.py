@@ -19,6 +19,14 @@ CONTENT_ITEMS = ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BI
 SETS_SEEN = ("RFC822", "RFC822.TEXT")
 
 
+def crlf(message: bytes) -> bytes:
+    """Messages written by other programs (Dovecot, mutt) may have bare LF line ends; IMAP
+    sends CRLF and counts sizes in CRLF octets (RFC 3501 §2.3.4, the ,W= in the name)."""
+    if message.count(b"\n") == message.count(b"\r\n"):
+        return message
+    return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def internal_date(epoch: int) -> bytes:
     when = dt.datetime.fromtimestamp(epoch, dt.UTC)
     return b'"' + when.strftime("%d-%b-%Y %H:%M:%S +0000").encode() + b'"'
@@ -65,11 +73,11 @@ def content_item(item, message: bytes) -> tuple[bytes, bytes] | None:
     BINARY part has an unknown transfer encoding (the caller answers [UNKNOWN-CTE])."""
     name = item.name
     if name == "RFC822":
-        return b"RFC822", nstring(message)
+        return b"RFC822", nstring(mime.section(message, (), None))
     if name == "RFC822.HEADER":
-        return b"RFC822.HEADER", nstring(mime.header_section(message))
+        return b"RFC822.HEADER", nstring(mime.section(message, (), "HEADER"))
     if name == "RFC822.TEXT":
-        return b"RFC822.TEXT", nstring(message[mime.body_offset(message):])
+        return b"RFC822.TEXT", nstring(mime.section(message, (), "TEXT"))
     if name == "BINARY.SIZE":
         size = mime.binary_size(message, item.section.part)
         if size is None:

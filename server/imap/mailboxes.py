@@ -93,7 +93,7 @@ class MailboxCommands:
         if condstore:
             self.enabled.add("CONDSTORE")
         index = await self.io(self.mailbox_index.folder, folder)
-        view = Selected(index, folder, readonly, condstore)
+        view = Selected(index, folder, readonly, condstore, self.mailbox_index)
         await self.io(view.load)
         status = await self.io(index.status)
         keywords = await self.io(index.keywords)
@@ -113,8 +113,8 @@ class MailboxCommands:
                 yield responses.ok("First unseen", f"UNSEEN {seq}")
         yield responses.ok("UIDs valid", f"UIDVALIDITY {status.uidvalidity}")
         yield responses.ok("Predicted next UID", f"UIDNEXT {view.uidnext}")
-        if condstore:
-            yield responses.ok("Highest", f"HIGHESTMODSEQ {view.modseq}")
+        # RFC 7162 §3.1.2.1: with persistent MODSEQs, on every SELECT and EXAMINE.
+        yield responses.ok("Highest", f"HIGHESTMODSEQ {view.modseq}")
         self.selected = view
         self.state = SELECTED
         yield _Code("READ-ONLY" if readonly else "READ-WRITE")
@@ -126,9 +126,9 @@ class MailboxCommands:
         folder = self.folder_name(name)
         if folder == "INBOX" or (self.root / f".{folder}").is_dir():
             raise No(f"Mailbox {name} already exists", "ALREADYEXISTS")
-        for use in cmd.args.special_use:
-            if names.folder_for_use(use) is None:
-                raise No(f"Unsupported special use {use}", "USEATTR")
+        if cmd.args.special_use:
+            # RFC 6154 §3: honour it or refuse; special uses belong to the standard folders.
+            raise No("Special-use attributes cannot be given to new mailboxes", "USEATTR")
         await self.io(create_folder, self.root, folder)
         return
         yield
@@ -170,14 +170,32 @@ class MailboxCommands:
             await self.io(src.move, await self.io(src.uids), dest)
             self.notify("INBOX")
             return
+        if new.startswith(old + "."):
+            raise No("A mailbox cannot be moved inside itself", "CANNOT")
         moves = [(f, new + f[len(old):]) for f in list_folders(self.root)
                  if f == old or f.startswith(old + ".")]
+        for _, dst in moves:  # every new name must be valid before anything moves
+            try:
+                names.to_folder(names.to_imap(dst))
+                if len(f".{dst}".encode()) > 255:
+                    raise names.BadName(f"mailbox name too long: {names.to_imap(dst)}")
+            except names.BadName as err:
+                raise No(str(err), "CANNOT") from None
+        done = []
+        try:
+            for src, dst in moves:
+                await self.io((self.root / f".{src}").rename, self.root / f".{dst}")
+                done.append((src, dst))
+        except OSError as err:
+            for src, dst in reversed(done):  # put back what moved: all or nothing
+                await self.io((self.root / f".{dst}").rename, self.root / f".{src}")
+            raise No(f"Cannot rename: {err.strerror}", "CANNOT") from None
         for parent in _parents(new):
             if not (self.root / f".{parent}").is_dir():
                 await self.io(create_folder, self.root, parent)
-        for src, dst in moves:
-            await self.io((self.root / f".{src}").rename, self.root / f".{dst}")
+        for src, _ in moves:
             await self.io(self.mailbox_index.forget, src)
+            self.notify(src)
         return
         yield
 

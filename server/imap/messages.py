@@ -9,9 +9,11 @@ import datetime as dt
 
 from server.imap import fetch, search
 from server.imap.encode import astring
-from server.imap.responses import Bad, No, ok
+from server.imap.responses import Bad, No, ok, untagged
+from server.imap.selected import MailboxGone
 
-BATCH = 500  # messages rendered per worker-thread call
+BATCH = 500  # messages rendered per worker-thread call...
+BATCH_BYTES = 8 * 1024 * 1024  # ...or fewer, once this much response is waiting to be sent
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
 
 
@@ -37,7 +39,15 @@ class MessageCommands:
     async def updates(self, allow_expunge: bool = True) -> list[bytes]:
         if self.selected is None:
             return []
-        await self.io(self.selected.refresh)
+        try:
+            await self.io(self.selected.refresh)
+        except MailboxGone:
+            # Dovecot's answer too: the client must reconnect and resynchronise.
+            from server.imap.session import LOGOUT
+
+            self.selected = None
+            self.state = LOGOUT
+            return [untagged("BYE Selected mailbox was deleted or renamed, reconnect please")]
         return self.selected.updates(allow_expunge)
 
     async def after_command(self, cmd) -> list[bytes]:
@@ -80,10 +90,9 @@ class MessageCommands:
         # RFC 3501 §6.4.2: expunge silently, then leave the selected state.
         if not self.selected.readonly:
             sel = self.selected
-            deleted = [u for u, f in zip(sel.uids, sel.flag_sets, strict=True) if "\\Deleted" in f]
-            if deleted:
-                await self.io(self.selected.folder.expunge, deleted)
-                self.notify(self.selected.name)
+            gone = await self.io(sel.folder.expunge, list(sel.uids), True)
+            if gone:
+                self.notify(sel.name)
         self._deselect()
         return
         yield
@@ -104,12 +113,13 @@ class MessageCommands:
     async def do_expunge(self, cmd):
         self._writable()
         sel = self.selected
-        deleted = [u for u, f in zip(sel.uids, sel.flag_sets, strict=True) if "\\Deleted" in f]
+        candidates = list(sel.uids)
         if cmd.uid:  # UID EXPUNGE (RFC 4315 §2.1): only those named
             largest = sel.uids[-1] if sel.uids else 0
-            deleted = [u for u in deleted if cmd.args.seqset.contains(u, largest)]
-        if deleted:
-            gone = await self.io(sel.folder.expunge, deleted)
+            candidates = [u for u in candidates if cmd.args.seqset.contains(u, largest)]
+        # The index decides what is \Deleted now: this session's view may be behind.
+        gone = await self.io(sel.folder.expunge, candidates, True)
+        if gone:
             sel.pending_expunge.update(u for u in gone if u in sel.flags)
             self.notify(sel.name)
         for line in sel.updates(allow_expunge=True):
@@ -145,10 +155,12 @@ class MessageCommands:
                 any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items):
             infos = await self.io(_infos, sel.folder, [u for _, u in targets])
         gone = False
-        for start in range(0, len(targets), BATCH):
+        start = 0
+        while start < len(targets):
             batch = targets[start:start + BATCH]
-            lines, missing = await self.io(self._fetch_batch, batch, items, args.changedsince,
-                                           seen, infos)
+            lines, missing, done = await self.io(self._fetch_batch, batch, items,
+                                                 args.changedsince, seen, infos)
+            start += done
             gone = gone or missing
             for line in lines:
                 yield line
@@ -156,7 +168,7 @@ class MessageCommands:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
     def _fetch_batch(self, batch, items, changedsince, seen,
-                     infos) -> tuple[list[bytes], bool]:
+                     infos) -> tuple[list[bytes], bool, int]:
         """Runs in a worker thread: cache, file reads, MIME. ``infos`` is None when only
         flags and UIDs are asked for: the session's view has those."""
         sel = self.selected
@@ -166,8 +178,11 @@ class MessageCommands:
         cache = {k: folder.get_cached_many(uids, k) for k in kinds}
         new_cache: dict[str, list] = {k: [] for k in kinds}
         wants_file = any(fetch.needs_file(i) for i in items)
-        lines, missing = [], False
+        lines, missing, done, size = [], False, 0, 0
         for seq, uid in batch:
+            if size > BATCH_BYTES:
+                break
+            done += 1
             info = infos.get(uid) if infos is not None else None
             if infos is not None and info is None:
                 missing = True
@@ -180,7 +195,7 @@ class MessageCommands:
             message = None
             if wants_file or any(k not in cache or uid not in cache[k] for k in kinds):
                 try:
-                    message = folder.read(uid)
+                    message = fetch.crlf(folder.read(uid))
                 except (OSError, LookupError):
                     missing = True
                     continue
@@ -216,10 +231,11 @@ class MessageCommands:
             if uid in seen and not flags_sent:
                 pairs.append(fetch.flags_item(sel.flag_names(uid)))
             lines.append(fetch.render(seq, pairs))
+            size += len(lines[-1])
         for kind, values in new_cache.items():
             if values:
                 folder.put_cached_many(kind, values)
-        return lines, missing
+        return lines, missing, done
 
     # --- STORE ---
 
@@ -242,13 +258,25 @@ class MessageCommands:
             sel.flags[info.uid] = info.flags
         if changed:
             self.notify(sel.name)
-        report = not args.silent or args.unchangedsince is not None
-        if report:
+        if not args.silent:
+            # RFC 3501 §6.4.6: the new flags of every message named, changed or not.
+            modseqs = {i.uid: i.modseq for i in changed}
+            if sel.condstore:
+                unchanged = [u for _, u in targets if u not in modseqs]
+                if unchanged:
+                    infos = await self.io(sel.folder.get_many, unchanged)
+                    modseqs.update({u: i.modseq for u, i in infos.items()})
+            failed_set = set(failed)
+            for seq, uid in targets:
+                if uid not in failed_set and uid in sel.flags:
+                    yield sel.flags_line(seq, uid, cmd.uid, modseqs.get(uid))
+        elif sel.condstore:
+            # RFC 7162 §3.2: .SILENT still reports the new MODSEQ of what changed.
             for info in changed:
                 seq = sel.seq_of(info.uid)
                 if seq is not None:
-                    yield sel.flags_line(seq, info.uid, cmd.uid,
-                                         info.modseq if sel.condstore else None)
+                    uid_item = f"UID {info.uid} " if cmd.uid else ""
+                    yield f"* {seq} FETCH ({uid_item}MODSEQ ({info.modseq}))\r\n".encode()
         if failed:
             numbers = failed if cmd.uid else [sel.seq_of(u) for u in failed]
             yield _Code(f"MODIFIED {compress(n for n in numbers if n)}")
@@ -260,27 +288,7 @@ class MessageCommands:
         args = cmd.args
         if _uses_modseq(args.key):
             self._condstore()
-        infos = await self.io(sel.folder.messages)
-        by_uid = {m.uid: m for m in infos}
-        folder = sel.folder
-        candidates = []
-        for seq, uid in enumerate(sel.uids, 1):
-            info = by_uid.get(uid)
-            if info is None:
-                continue
-            flags = sel.flags.get(uid, info.flags)
-            candidates.append(search.Candidate(
-                seq=seq, uid=uid,
-                flags=frozenset(f for f in flags if f.startswith("\\")),
-                keywords=frozenset(f for f in flags if not f.startswith("\\")),
-                size=info.size, internal_date=dt.datetime.fromtimestamp(info.internal_date,
-                                                                        dt.UTC),
-                modseq=info.modseq, recent=uid in sel.recent,
-                load=lambda u=uid: folder.read(u)))
-        largest_uid = sel.uids[-1] if sel.uids else 0
-        found = await self.io(lambda: search.search(args.key, candidates,
-                                                    largest_seq=len(sel.uids),
-                                                    largest_uid=largest_uid))
+        found = await self.io(_search, sel, args.key)
         numbers = [c.uid if cmd.uid else c.seq for c in found]
         modseq = max((c.modseq for c in found), default=None) if _uses_modseq(args.key) \
             else None
@@ -332,6 +340,9 @@ class MessageCommands:
             return
         dest = await self.io(self.mailbox_index.folder, dest_name)
         uids = [u for _, u in targets]
+        if not move and self.user.quota_bytes:
+            infos = await self.io(sel.folder.get_many, uids)
+            await self._check_quota(sum(i.size for i in infos.values()))
         pairs = await self.io(dest_folder_op(sel.folder, move), uids, dest)
         status = await self.io(dest.status)
         self.notify(dest_name)
@@ -359,6 +370,33 @@ def _infos(folder, uids: list[int]) -> dict:
 
 def dest_folder_op(folder, move: bool):
     return folder.move if move else folder.copy
+
+
+def _search(sel, key) -> list:
+    """Runs in a worker thread, so a big folder's SEARCH does not stall other sessions."""
+    folder = sel.folder
+    infos = {m.uid: m for m in folder.messages()}
+
+    def loader(uid):
+        def load() -> bytes:
+            try:
+                return fetch.crlf(folder.read(uid))
+            except (OSError, LookupError):
+                return b""  # expunged meanwhile by another program: matches no content key
+        return load
+
+    candidates = []
+    for seq, (uid, flags) in enumerate(zip(sel.uids, sel.flag_sets, strict=True), 1):
+        info = infos.get(uid)
+        if info is None:
+            continue
+        candidates.append(search.Candidate(
+            seq=seq, uid=uid, flags=frozenset(f for f in flags if f.startswith("\\")),
+            keywords=frozenset(f for f in flags if not f.startswith("\\")), size=info.size,
+            internal_date=dt.datetime.fromtimestamp(info.internal_date, dt.UTC),
+            modseq=info.modseq, recent=uid in sel.recent, load=loader(uid)))
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    return search.search(key, candidates, largest_seq=len(sel.uids), largest_uid=largest_uid)
 
 
 def _uses_modseq(key) -> bool:

@@ -33,7 +33,8 @@ class BadName(ValueError):
 
 
 def is_inbox(name: str) -> bool:
-    return name.upper() == "INBOX"
+    # ASCII only: "ınbox" (dotless i) upper-cases to "INBOX" but is another mailbox.
+    return name.isascii() and name.upper() == "INBOX"
 
 
 def to_folder(name: str) -> str:
@@ -72,7 +73,8 @@ def load_subscriptions(root: Path) -> set[str]:
         text = (root / SUBSCRIPTIONS_FILE).read_text(encoding="utf-8")
     except FileNotFoundError:
         return set()
-    return {line for line in text.splitlines() if line}
+    # "\n" only: splitlines() would also split names at U+2028 and other separators.
+    return {line for line in text.split("\n") if line}
 
 
 def save_subscriptions(root: Path, names: set[str]) -> None:

@@ -22,6 +22,10 @@ from server.imap.responses import untagged
 _FLAG_SETS: dict[frozenset, frozenset] = {}
 
 
+class MailboxGone(Exception):
+    """The selected folder was deleted or renamed (by another session or program)."""
+
+
 def _shared(flags: frozenset) -> frozenset:
     """One object per distinct flag set in the whole process (there are few of them)."""
     return _FLAG_SETS.setdefault(flags, flags)
@@ -56,8 +60,9 @@ class _Flags:
 
 
 class Selected:
-    def __init__(self, folder, name: str, readonly: bool, condstore: bool):
+    def __init__(self, folder, name: str, readonly: bool, condstore: bool, mailbox_index=None):
         self.folder = folder
+        self.mailbox_index = mailbox_index
         self.name = name  # the Maildir++ folder name
         self.readonly = readonly
         self.condstore = condstore
@@ -67,7 +72,7 @@ class Selected:
         self.modseq = 0  # the HIGHESTMODSEQ this view reflects
         self.uidnext = 1
         self.pending_expunge: set[int] = set()
-        self.pending_flags: set[int] = set()  # changed by others, not yet reported
+        self.pending_flags: dict[int, int] = {}  # uid -> MODSEQ, changed, not yet reported
         self.exists_reported = 0
         # RFC 3501 §2.3.2: \Recent goes to the first session that sees a message. The index
         # hands each new message to exactly one sync() in the process: that session has it.
@@ -87,6 +92,7 @@ class Selected:
     def refresh(self) -> tuple[list[int], list[int]]:
         """Take in what changed since the last look. Returns (new UIDs, UIDs whose flags
         changed); expunges are kept in ``pending_expunge`` until they may be reported."""
+        self._check_still_there()
         self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(self.modseq)
         new, changed = [], []
@@ -96,6 +102,7 @@ class Selected:
                 if self.flag_sets[i] != info.flags:
                     self.flag_sets[i] = _shared(info.flags)
                     changed.append(info.uid)
+                    self.pending_flags[info.uid] = info.modseq
             elif not self.uids or info.uid > self.uids[-1]:
                 self.uids.append(info.uid)
                 self.flag_sets.append(_shared(info.flags))
@@ -105,8 +112,19 @@ class Selected:
                 self.pending_expunge.add(uid)
         self.modseq = max(self.modseq, changes.highestmodseq)
         self.uidnext = changes.uidnext
-        self.pending_flags.update(changed)
         return new, changed
+
+    def _check_still_there(self) -> None:
+        """A folder deleted (or renamed, and perhaps recreated) under us must not be served
+        from a stale index: its UIDs would be another folder's (RFC 3501 §2.3.1.1)."""
+        if self.mailbox_index is None:
+            return
+        try:
+            current = self.mailbox_index.folder(self.name)
+        except (FileNotFoundError, ValueError):
+            raise MailboxGone(self.name) from None
+        if current is not self.folder:
+            raise MailboxGone(self.name)
 
     # --- numbers ---
 
@@ -149,7 +167,7 @@ class Selected:
             for seq in sorted((self.seq_of(u) for u in self.pending_expunge), reverse=True):
                 uid = self.uids.pop(seq - 1)
                 del self.flag_sets[seq - 1]
-                self.pending_flags.discard(uid)
+                self.pending_flags.pop(uid, None)
                 self.recent.discard(uid)
                 out.append(untagged(f"{seq} EXPUNGE"))
                 self.exists_reported -= 1  # the client counts down by itself
@@ -163,7 +181,7 @@ class Selected:
         for uid in sorted(self.pending_flags):
             seq = self.seq_of(uid)
             if seq is not None:
-                out.append(self.flags_line(seq, uid, with_uid))
+                out.append(self.flags_line(seq, uid, with_uid, self.pending_flags[uid]))
         self.pending_flags.clear()
         return out
 

@@ -82,6 +82,7 @@ class IMAPListener:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.connections: set[asyncio.Task] = set()
+        self.per_ip: dict[str, int] = {}
         self.server: asyncio.Server | None = None
 
     def update_config(self, config: Config) -> None:
@@ -99,21 +100,28 @@ class IMAPListener:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
         config = self.ctx.config.imap
-        if len(self.connections) >= config.max_connections:
+        if len(self.connections) >= config.max_connections or \
+                self.per_ip.get(ip, 0) >= config.max_connections_per_ip:
+            log.warning("conn=%s %s: connection limit reached for [%s]", conn_id, self.name, ip)
             writer.write(b"* BYE Too many connections, try again later\r\n")
             writer.close()
             return
         task = asyncio.current_task()
         self.connections.add(task)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         log.info("conn=%s %s connect from [%s]", conn_id, self.name, ip)
         session = Session(self.ctx, conn_id=conn_id, peer_ip=ip, tls=self.implicit_tls,
                           starttls_offered=not self.implicit_tls)
         try:
             await Connection(reader, writer, session, tls_context=self.tls_context,
                              idle_timeout=config.idle_timeout,
-                             max_literal=config.max_literal).run()
+                             max_literal=config.max_literal,
+                             login_timeout=config.login_timeout).run()
         finally:
             self.connections.discard(task)
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
 
     def stop_accepting(self) -> None:
         if self.server is not None:

@@ -102,6 +102,8 @@ class Session(MailboxCommands, MessageCommands):
                     yield chunk
             for chunk in await self.after_command(cmd):
                 yield chunk
+            if self.state == LOGOUT and cmd.name != "LOGOUT":
+                return  # a BYE was sent: the connection ends without a tagged reply
             text = f"{'UID ' if cmd.uid else ''}{cmd.name} completed"
             yield responses.tagged(cmd.tag, "OK", text, code)
         except ImapError as err:
