@@ -174,6 +174,7 @@ class Daemon:
         # Deliveries already handed to worker threads finish before the process exits.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         self.imap.close()
+        self.hub.close()
         self.accounts.close()
 
     async def clean_tmp_forever(self) -> None:

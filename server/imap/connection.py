@@ -27,7 +27,13 @@ READ_SIZE = 256 * 1024
 PREAUTH_LIMIT = 8 * 1024
 MAX_LINE = 64 * 1024
 MAX_BAD_COMMANDS = 20  # in a row: a client that only sends garbage is not a mail client
-IDLE_CHECK = 30.0  # seconds between looks at the disk while idling, for writers outside us
+# Seconds between looks at the disk while idling: with inotify only a safety net; without it,
+# how late another program's change can show up.
+IDLE_CHECK_WATCHED = 300.0
+IDLE_CHECK_POLLED = 10.0
+# After a change, one more look a little later: a second change within the same filesystem
+# timestamp tick is only seen once the index's dirty window (2 s) has passed.
+IDLE_CHECK_AFTER_CHANGE = 3.0
 
 
 class Closed(Exception):
@@ -183,11 +189,17 @@ class Connection:
         changed = self.session.watch()
         await self.write(b"+ idling\r\n")
         done = asyncio.ensure_future(self.read_line())
+        recheck = False
         try:
             while True:
                 changes = asyncio.ensure_future(changed.wait())
-                finished, _ = await asyncio.wait({done, changes}, timeout=IDLE_CHECK,
+                tick = IDLE_CHECK_WATCHED if getattr(changed, "watched", False) \
+                    else IDLE_CHECK_POLLED
+                if recheck:
+                    tick = min(tick, IDLE_CHECK_AFTER_CHANGE)
+                finished, _ = await asyncio.wait({done, changes}, timeout=tick,
                                                  return_when=asyncio.FIRST_COMPLETED)
+                recheck = changes in finished
                 changes.cancel()
                 changed.clear()
                 # Sync on a change event and on every tick (writers outside this process).

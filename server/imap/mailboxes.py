@@ -234,10 +234,19 @@ class MailboxCommands:
         want_subscribed = lsub or "SUBSCRIBED" in args.selection
         returns = set(args.returns)
         regexes = [_pattern(args.reference, p) for p in args.patterns]
-        candidates = sorted(existing | (subs if want_subscribed else set()),
+        # RFC 3501 §6.3.9: LSUB "%" shows the unsubscribed parent of a subscribed child, so the
+        # client can walk down to it.
+        parents = {n.rsplit("/", 1)[0] for n in subs if "/" in n} - subs if lsub else set()
+        candidates = sorted(existing | (subs if want_subscribed else set()) | parents,
                             key=lambda n: (n != "INBOX", n))
         for name in candidates:
             if not any(_matches(r, name) for r in regexes):
+                continue
+            if name in parents and name not in subs:
+                hidden = [c for c in subs if c.startswith(name + "/")
+                          and not any(_matches(r, c) for r in regexes)]
+                if hidden:  # only where the pattern would not show the child itself
+                    yield b"* LSUB (\\Noselect) \"/\" " + self.wire_name(name) + b"\r\n"
                 continue
             if want_subscribed and name not in subs:
                 continue

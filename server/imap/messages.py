@@ -61,8 +61,10 @@ class MessageCommands:
         return None if self.state in AUTHED else Bad("IDLE is only allowed after login")
 
     def watch(self):
-        folder = self.selected.name if self.selected is not None else ""
-        self.watching = (folder, self.ctx.hub.subscribe(self.user.address, folder))
+        sel = self.selected
+        folder = sel.name if sel is not None else ""
+        directory = sel.folder.directory if sel is not None else None
+        self.watching = (folder, self.ctx.hub.subscribe(self.user.address, folder, directory))
         return self.watching[1]
 
     def unwatch(self) -> None:

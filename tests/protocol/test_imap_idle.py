@@ -135,3 +135,18 @@ def test_recent_goes_to_one_session(mx, user):
         with selected(mx, user) as b:  # RFC 3501 §2.3.2: only one session has it
             assert b.cmd("f", "FETCH 2 FLAGS")[0] == [b"* 2 FETCH (FLAGS ())"]
             assert b.cmd("s", "SEARCH RECENT")[0] == [b"* SEARCH"]
+
+
+def test_idle_hears_other_programs_without_polling(mx, user):
+    """inotify: a flag set by mutt (a rename in cur/) reaches an idling client at once."""
+    maildir = mx.data_dir / "mail" / "example.test" / user.split("@")[0]
+    with selected(mx, user) as a:
+        a.send("i IDLE\r\n")
+        assert a.line() == b"+ idling"
+        [path] = list((maildir / "cur").iterdir())
+        started = time.monotonic()
+        os.rename(path, maildir / "cur" / (path.name.split(":2,")[0] + ":2,F"))
+        assert a.line() == b"* 1 FETCH (FLAGS (\\Flagged))"
+        assert time.monotonic() - started < 2  # the no-inotify fallback would take 10 s
+        a.send("DONE\r\n")
+        a.until("i")

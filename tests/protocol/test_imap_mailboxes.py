@@ -150,3 +150,13 @@ def test_quota(fresh):
     with session(fresh, "free@example.test") as r:
         lines, _ = r.cmd("a", 'GETQUOTA ""')
         assert lines == [b'* QUOTA "" ()']
+
+
+def test_lsub_shows_the_parent_of_a_subscribed_child(mx, user):
+    with session(mx, user) as r:
+        r.cmd("a", "CREATE Par/Child")
+        r.cmd("b", "SUBSCRIBE Par/Child")
+        lines, _ = r.cmd("c", 'LSUB "" "%"')
+        assert lines == [b'* LSUB (\\Noselect) "/" Par']
+        lines, _ = r.cmd("d", 'LSUB "" "*"')
+        assert lines == [b'* LSUB () "/" Par/Child']
