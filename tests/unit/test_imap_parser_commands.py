@@ -19,33 +19,13 @@ from server.imap.parser import (
     Login,
     Mailbox,
     NeedLiteral,
-    ParseError,
     QResync,
     Rename,
     Select,
     Status,
     parse_sequence_set,
 )
-
-
-def parse(line: bytes) -> Command:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, Command), event
-    assert reader.next() is None
-    return event
-
-
-def error(line: bytes) -> ParseError:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, ParseError), event
-    return event
-
+from tests.support.imapparse import error, parse
 
 # --- no arguments ---
 

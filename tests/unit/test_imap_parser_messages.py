@@ -10,10 +10,8 @@ from hypothesis import strategies as st
 
 from server.imap.parser import (
     Command,
-    CommandReader,
     CopyMove,
     FetchItem,
-    NeedLiteral,
     ParseError,
     Section,
     SequenceSet,
@@ -21,24 +19,7 @@ from server.imap.parser import (
     UidExpunge,
     parse_sequence_set,
 )
-
-
-def parse(line: bytes) -> Command:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, Command), event
-    return event
-
-
-def error(line: bytes) -> ParseError:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, ParseError), event
-    return event
+from tests.support.imapparse import error, parse
 
 
 def items(line: bytes) -> tuple[FetchItem, ...]:

@@ -16,26 +16,11 @@ from server.imap.parser import (
     SearchKey,
     parse_sequence_set,
 )
+from tests.support.imapparse import error, parse
 
 K = SearchKey
 
 
-def parse(line: bytes) -> Command:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, Command), event
-    return event
-
-
-def error(line: bytes) -> ParseError:
-    reader = CommandReader()
-    reader.feed(line + b"\r\n")
-    while isinstance(event := reader.next(), NeedLiteral):
-        pass
-    assert isinstance(event, ParseError), event
-    return event
 
 
 def keys(criteria: bytes) -> tuple[SearchKey, ...]:
