@@ -197,3 +197,20 @@ def test_message_removed_by_another_program_during_search(mx, user):
                 os.unlink(path)
         _, done = r.cmd("s", "SEARCH BODY vanish")
         assert done.startswith(b"s OK")
+
+
+def test_failed_logins_are_slowed(fresh):
+    fresh.add_user("guess@example.test")
+    text = fresh.config_path.read_text().replace("[accounts]\n",
+                                                 "[accounts]\nauth_failure_delay = 0.4\n", 1)
+    fresh.config_path.write_text(text)
+    fresh.start()
+    with Raw(fresh) as r:
+        timings = []
+        for i in range(4):
+            started = time.monotonic()
+            _, done = r.cmd(f"a{i}", 'LOGIN guess@example.test "wrong guess"')
+            timings.append(time.monotonic() - started)
+            assert done.startswith(f"a{i} NO [AUTHENTICATIONFAILED]".encode())
+        # Two free failures, then 0.4 s and 0.8 s — before the password is even checked.
+        assert max(timings[:2]) < 0.35 and timings[2] >= 0.35 and timings[3] >= 0.75
