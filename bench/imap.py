@@ -100,7 +100,10 @@ def idle_rows(inst, count: int) -> list[tuple[str, float, str]]:
     for s in socks:  # wait until each is idling
         data = b""
         while b"+ idling" not in data:
-            data += s.recv(65536)
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"IDLE session refused: {data[-200:]!r}")
+            data += chunk
     after = rss_kib(inst.proc.pid)
     for s in socks:
         s.close()
@@ -114,7 +117,8 @@ def measure(sizes: list[int], idle: int) -> list[tuple[str, float, str]]:
             dir=os.getcwd(), prefix=".bench-imap-") as tmp:
         for n in sizes:
             inst = Instance(Path(tmp) / f"n{n}", dns.nameserver,
-                            extra_config="[imap]\nmax_connections_per_user = 5000\n")
+                            extra_config="[imap]\nmax_connections_per_user = 5000\n"
+                                         "max_connections_per_ip = 5000\n")
             user = inst.add_user(USER)
             build(user.maildir, n)
             inst.start()
