@@ -327,6 +327,20 @@ class IMAPSection:
 
 
 @dataclass(frozen=True, slots=True)
+class POP3Section:
+    idle_timeout: float = option(
+        600.0, "Seconds a logged-in POP3 client may stay silent (RFC 1939 §3: at least 10 "
+        "minutes).", _positive_float)
+    login_timeout: float = option(
+        60.0, "Seconds a connection may take to log in before it is closed.", _positive_float)
+    max_connections: int = option(
+        500, "Simultaneous POP3 connections per listener.", _int_range(1, 100000))
+    max_connections_per_ip: int = option(
+        20, "Simultaneous POP3 connections from one IP address per listener.",
+        _int_range(1, 100000))
+
+
+@dataclass(frozen=True, slots=True)
 class SubmissionSection:
     reveal_client_ip: bool = option(
         False, "Put the sending client's IP address and HELO name in the Received header of "
@@ -373,6 +387,7 @@ SECTIONS: dict[str, type] = {
     "smtp": SMTPSection,
     "submission": SubmissionSection,
     "imap": IMAPSection,
+    "pop3": POP3Section,
     "dkim": DKIMSection,
     "accounts": AccountsSection,
     "log": LogSection,
@@ -390,6 +405,7 @@ class Config:
     smtp: SMTPSection
     submission: SubmissionSection
     imap: IMAPSection
+    pop3: POP3Section
     dkim: DKIMSection
     accounts: AccountsSection
     log: LogSection

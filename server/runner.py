@@ -31,6 +31,7 @@ from server.imap.notify import ChangeHub
 from server.imap.server import IMAPContext, IMAPListener
 from server.mtasts import MTASTS
 from server.outbound.queue_runner import OutboundQueue
+from server.pop3.server import POP3Context, POP3Listener
 from server.queue.spool import Spool
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
@@ -39,7 +40,7 @@ from server.tlscert import reload_certificate, server_context
 
 log = logging.getLogger("mailstead")
 
-IMPLEMENTED = ("mx", "submission", "submissions", "imap", "imaps")
+IMPLEMENTED = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 
 class StartupError(Exception):
@@ -81,6 +82,8 @@ class Daemon:
         self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor,
                                    self.mtasts, self.signer, on_delivered=self.delivered)
         self.imap = IMAPContext(config, self.accounts, self.throttle, self.executor, self.hub)
+        self.pop3 = POP3Context(config, self.accounts, self.throttle, self.executor, self.imap,
+                                self.hub)
         self.listeners: list[SMTPListener] = []
         self.handlers: list = []
         self.stopping = asyncio.Event()
@@ -129,6 +132,10 @@ class Daemon:
                 self.listeners.append(IMAPListener(name, addr, self.imap, self.tls,
                                                    implicit_tls=name == "imaps"))
                 continue
+            if name in ("pop3", "pop3s"):
+                self.listeners.append(POP3Listener(name, addr, self.pop3, self.tls,
+                                                   implicit_tls=name == "pop3s"))
+                continue
             handler = mx if name == "mx" else submission
             self.listeners.append(SMTPListener(
                 name, addr, handler, self.config, self.tls, submission=name != "mx",
@@ -157,7 +164,7 @@ class Daemon:
         self.accounts.apply_config(new)
         if new.listeners() != self.config.listeners():
             log.warning("reload: [listen] changes take effect at the next restart")
-        for obj in (*self.listeners, *self.handlers, self.queue, self.imap):
+        for obj in (*self.listeners, *self.handlers, self.queue, self.imap, self.pop3):
             obj.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay

@@ -24,7 +24,7 @@ from server.config import SERVICES, load_config
 MAILSTEAD = [sys.executable, "-m", "server"]
 PASSWORD = "correct horse battery"
 # The implemented services; the others stay off so the tests see only what exists.
-RUNNING = ("mx", "submission", "submissions", "imap", "imaps")
+RUNNING = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 
 def free_port() -> int:
