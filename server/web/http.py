@@ -14,7 +14,7 @@ import logging
 import ssl
 from http import HTTPStatus
 
-from server.config import Config, Listen
+from server.config import Config, Listen, format_host_port
 from server.smtp.protocol import new_conn_id
 from server.web.message import (
     MAX_HEAD,
@@ -105,7 +105,9 @@ class WebListener:
             backlog=512, ssl=self.tls_context,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self.tls else None,
             limit=2 * MAX_HEAD)
-        log.info("%s listening on %s", self.name, self.listen)
+        bound = ", ".join(format_host_port(*sock.getsockname()[:2])
+                          for sock in self.server.sockets)
+        log.info("%s listening on %s", self.name, bound)  # the real port when asked for 0
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -137,6 +139,11 @@ class WebListener:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         try:
             await self._exchange(conn_id, ip, reader, writer)
+        except asyncio.CancelledError:
+            # drain() ends the connection. The task ends normally rather than cancelled: on
+            # Python 3.11 asyncio's stream callback calls task.exception() on it and logs the
+            # CancelledError as an "Exception in callback" error.
+            pass
         except Exception:  # a bug of ours: log it, never let it reach asyncio's handler
             log.exception("conn=%s %s: unexpected error", conn_id, self.name)
         finally:
