@@ -347,6 +347,63 @@ class SubmissionSection:
         "submitted mail. Off: recipients do not learn where the sender was.", _bool)
 
 
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    if not text.startswith("https://"):
+        raise ValueError(f"must be an https:// URL, got {value!r}")
+    return text
+
+
+def _name_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of names, got {value!r}")
+    out = []
+    for item in value:
+        try:
+            out.append(normalize_domain(_string(item)))
+        except AddressError as err:
+            raise ValueError(f"{item!r}: {err}") from None
+    return tuple(out)
+
+
+def _prefix_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.isascii()
+                                              and v.replace("-", "").isalnum() for v in value):
+        raise ValueError(f'must be a list of host labels such as ["mta-sts"], got {value!r}')
+    return tuple(v.lower() for v in value)
+
+
+@dataclass(frozen=True, slots=True)
+class ACMESection:
+    enabled: bool = option(
+        False, "Get and renew certificates automatically (RFC 8555); until the first one is "
+        "issued the self-signed certificate serves.", _bool)
+    directory: str = option(LETSENCRYPT, "ACME directory URL (default Let's Encrypt).", _url)
+    staging: bool = option(
+        False, "Use Let's Encrypt's staging directory instead (untrusted certificates, "
+        "generous rate limits): for trying things out.", _bool)
+    email: str = option("", "Contact address for the CA (expiry warnings); default "
+                        "postmaster@<first domain>.", _string)
+    ca_bundle: str = option("", "PEM file of CAs to trust for the ACME server itself (a test "
+                            "CA such as Pebble's); empty = the system's.", _string)
+    challenge: str = option(
+        "http-01", "Challenge tried first: http-01 (needs port 80) or tls-alpn-01 (needs "
+        "port 443); the other is tried when it fails.", _choice("http-01", "tls-alpn-01"))
+    domain_names: tuple[str, ...] = option(
+        ("mta-sts", "autoconfig"), "Labels put before each of your domains to add those "
+        "names to the certificate (mta-sts.example.com, ...). Names that fail validation are "
+        "dropped, so the host name alone still gets its certificate.", _prefix_list)
+    extra_names: tuple[str, ...] = option(
+        (), "More host names for the certificate.", _name_list)
+    eab_kid: str = option("", "External account binding key id, if the CA requires one.",
+                          _string)
+    eab_hmac_key: str = option("", "External account binding HMAC key (base64url).", _string)
+
+
 @dataclass(frozen=True, slots=True)
 class DKIMSection:
     ed25519: bool = option(
@@ -389,6 +446,7 @@ SECTIONS: dict[str, type] = {
     "imap": IMAPSection,
     "pop3": POP3Section,
     "dkim": DKIMSection,
+    "acme": ACMESection,
     "accounts": AccountsSection,
     "log": LogSection,
 }
@@ -407,6 +465,7 @@ class Config:
     imap: IMAPSection
     pop3: POP3Section
     dkim: DKIMSection
+    acme: ACMESection
     accounts: AccountsSection
     log: LogSection
 

@@ -57,7 +57,7 @@ def make_self_signed(hostname: str, cert_file: Path, key_file: Path) -> None:
     atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+def server_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
     """A server context with our certificate, shared by every TLS listener."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -66,19 +66,22 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return ctx
 
 
-def reload_certificate(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+def reload_certificate(ctx: ssl.SSLContext, cert_file: Path, key_file: Path | None) -> None:
     """Load a new certificate into the live context: new handshakes use it, open ones carry on.
 
     The files are read once and the pair is first tried in a throwaway context: loading a
     mismatched pair (say, read while a renewal is half-written) straight into the live context
     would leave it with the new certificate and the old key, and every handshake would fail.
     """
-    cert, key = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
+    # A key_file of None means the key is in cert_file (one file: the pair cannot diverge).
+    cert = Path(cert_file).read_bytes()
+    key = Path(key_file).read_bytes() if key_file is not None else b""
     with tempfile.TemporaryDirectory(prefix="mailstead-tls-") as tmp:
         snap_cert, snap_key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        snap_cert.touch(mode=0o600)
         snap_cert.write_bytes(cert)
         snap_key.touch(mode=0o600)
-        snap_key.write_bytes(key)
+        snap_key.write_bytes(key or cert)
         server_context(snap_cert, snap_key)  # raises if the pair is unusable
         ctx.load_cert_chain(snap_cert, snap_key)
 
