@@ -57,10 +57,13 @@ class Issued:
 
 class ACMEError(Exception):
     def __init__(self, detail: str, *, challenge_failed: bool = False,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, failed_names: tuple[str, ...] = ()):
         super().__init__(detail)
         self.detail = detail
         self.challenge_failed = challenge_failed
+        # The names whose validation failed (empty when not known): the manager orders again
+        # without them rather than losing the whole certificate to one unpublished name.
+        self.failed_names = failed_names
         # Seconds the CA asked us to wait (Retry-After with rateLimited or a 503), else None.
         self.retry_after = retry_after
 
@@ -126,6 +129,12 @@ def _net_reason(exc: BaseException) -> str:
         todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
                  if isinstance(x, BaseException)]
     return best or str(exc)
+
+
+def _epoch(when: datetime.datetime) -> float:
+    # The library mixes aware (UTC) and naive (local time) datetimes; timestamp() reads each
+    # the right way.
+    return when.timestamp()
 
 
 def _pem(key) -> bytes:
@@ -233,6 +242,26 @@ class ACMEClient:
         self._acme = client.ClientV2(client.ClientV2.get_directory(self.directory, net), net)
         return self._acme
 
+    # ------------------------------------------------------------------ renewal info (RFC 9773)
+    def renewal_window(self, chain_pem: bytes) -> tuple[float | None, float]:
+        """(when to renew, when to ask again), epoch seconds, from the CA's renewal information
+        (ARI). The first is None when the CA offers no ARI or did not answer: the caller keeps
+        its own schedule. The library picks a random moment in the suggested window, as §4.2
+        asks, and honours the CA's Retry-After for the next check."""
+        with self._lock:
+            try:
+                self._client()
+                self._step = "fetching renewal information"
+                renew_at, ask_again = self._acme.renewal_time(chain_pem)
+            except (errors.ARIError, errors.Error, requests.RequestException, ValueError,
+                    jose.DeserializationError, ACMEError) as e:
+                log.warning("acme: no renewal information: %s", e)
+                retry = getattr(e, "retry_after", None)
+                if isinstance(retry, datetime.datetime):
+                    return None, _epoch(retry)
+                return None, time.time() + 6 * 3600
+        return (_epoch(renew_at) if renew_at else None), _epoch(ask_again)
+
     # ------------------------------------------------------------------ issuance (RFC 8555 §7.4)
     def issue(self, names: list[str], challenge: str, responder: ChallengeResponder,
               key_type: str = "ec256") -> Issued:
@@ -302,6 +331,7 @@ class ACMEClient:
     def _poll_authorizations(self, waiting: list[messages.AuthorizationResource],
                              challenge: str, undo: dict) -> None:
         deadline, delay, failures = time.monotonic() + self.poll_timeout, POLL_FIRST, []
+        failed: list[str] = []
         while waiting:
             name = waiting[0].body.identifier.value
             self._step = f"waiting for the CA to validate {name}"
@@ -315,9 +345,11 @@ class ACMEClient:
                 errs = [c.error for c in authzr.body.challenges if c.error is not None]
                 reason = _problem(errs[0]) if errs else f"authorization {authzr.body.status}"
                 failures.append(f"{name}: {challenge} failed: {reason}")
+                failed.append(name)
                 log.warning("acme: %s", failures[-1])
         if failures:
-            raise ACMEError("; ".join(failures), challenge_failed=True)
+            raise ACMEError("; ".join(failures), challenge_failed=True,
+                            failed_names=tuple(failed))
 
     def _wait(self, response: requests.Response | None, delay: float, deadline: float) -> None:
         if response is not None:
