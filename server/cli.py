@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import getpass
+import json
 import os
 import re
 import signal
@@ -102,6 +103,9 @@ def cmd_init(args) -> int:
             raise CLIError(f"--listen {item}: {err}") from None
         listen[svc] = addr
     extra = {}
+    if not args.dev:
+        # A real server gets real certificates as soon as its DNS points here.
+        extra["acme"] = {"enabled": True, "email": f"postmaster@{domain}"}
     if args.nameserver:
         try:
             extra["dns"] = {"nameservers": list(parse_nameservers(args.nameserver))}
@@ -320,7 +324,13 @@ def cmd_queue_delete(args) -> int:
 
 
 def cmd_queue_flush(args) -> int:
-    config = _config(args)
+    pid = _signal_daemon(_config(args), signal.SIGUSR1)
+    print(f"asked mailstead (pid {pid}) to retry every queued message now")
+    return 0
+
+
+def _signal_daemon(config, sig) -> int:
+    """Send ``sig`` to the running server, never to a stale pid."""
     pidfile = config.data_path("mailstead.pid")
     not_running = CLIError(f"mailstead is not running on {config.data_dir}; "
                            "the queue is retried when it starts")
@@ -336,8 +346,55 @@ def cmd_queue_flush(args) -> int:
         pid = int(os.read(fd, 32).decode().strip() or 0)
     finally:
         os.close(fd)
-    os.kill(pid, signal.SIGUSR1)
-    print(f"asked mailstead (pid {pid}) to retry every queued message now")
+    os.kill(pid, sig)
+    return pid
+
+
+# --- TLS ---
+
+
+def _when_utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def cmd_tls_status(args) -> int:
+    from server.acme.manager import describe, renewal_time, status_file, tls_files
+
+    config = _config(args)
+    cert, _ = tls_files(config)
+    info = describe(cert)
+    print(f"serving:      {cert}")
+    if info is None:
+        print("              (no readable certificate)")
+    else:
+        print(f"names:        {', '.join(info['names'])}")
+        print(f"issuer:       {info['issuer']}")
+        print(f"expires:      {_when_utc(info['not_after'])}")
+    if not config.acme.enabled:
+        print("acme:         off ([acme] enabled = false)")
+        return 0
+    try:
+        status = json.loads(status_file(config).read_text())
+    except (OSError, ValueError):
+        status = {}
+    if info is not None and status.get("last_success"):
+        print(f"renewal due:  {_when_utc(renewal_time(info))}")
+    print(f"last attempt: {_when_utc(status.get('last_attempt'))}"
+          + (f" ({status['last_challenge']})" if status.get("last_challenge") else ""))
+    print(f"last success: {_when_utc(status.get('last_success'))}")
+    print(f"last error:   {status.get('last_error') or '-'}")
+    if status.get("next_attempt"):
+        print(f"next attempt: {_when_utc(status['next_attempt'])}")
+    return 0
+
+
+def cmd_tls_renew(args) -> int:
+    config = _config(args)
+    if not config.acme.enabled:
+        raise CLIError("ACME is off: set [acme] enabled = true first")
+    pid = _signal_daemon(config, signal.SIGUSR2)
+    print(f"asked mailstead (pid {pid}) to renew its certificate now; "
+          "see 'mailstead tls status'")
     return 0
 
 
@@ -430,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     qd.set_defaults(func=cmd_queue_delete)
     qsub.add_parser("flush", help="retry every queued message now").set_defaults(
         func=cmd_queue_flush)
+
+    tls = sub.add_parser("tls", help="certificates (ACME)")
+    tsub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    tsub.add_parser("status", help="names, issuer, expiry, last renewal attempt and error"
+                    ).set_defaults(func=cmd_tls_status)
+    tsub.add_parser("renew", help="renew the certificate now").set_defaults(func=cmd_tls_renew)
 
     dkim = sub.add_parser("dkim", help="DKIM signing keys")
     ksub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")

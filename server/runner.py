@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from maildir import cleanup_tmp, folder_path, list_folders
 from server import dkimkeys
 from server.accounts import AccountStore
+from server.acme.manager import CertificateManager, tls_files
+from server.acme.responder import ChallengeResponder
 from server.authlimit import AuthThrottle
 from server.config import Config, ConfigError, load_config
 from server.dkimsign import DKIMSigner
@@ -37,10 +39,12 @@ from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
 from server.tlscert import reload_certificate, server_context
+from server.web.http import WebContext, WebListener
 
 log = logging.getLogger("mailstead")
 
-IMPLEMENTED = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+IMPLEMENTED = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http",
+               "admin")
 
 
 class StartupError(Exception):
@@ -58,6 +62,19 @@ def setup_logging(level: str) -> None:
 
 
 def load_tls(config: Config) -> ssl.SSLContext:
+    cert, key = tls_files(config)
+    try:
+        return server_context(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        if key is None:  # a damaged ACME file: fall back to [tls] and let ACME renew
+            log.error("cannot load %s (%s); serving [tls] cert_file until renewed", cert, err)
+            return load_tls_files(config)
+        raise StartupError(
+            f"[tls] cert_file/key_file: cannot load {config.cert_file} and {config.key_file}: "
+            f"{getattr(err, 'strerror', None) or err}") from None
+
+
+def load_tls_files(config: Config) -> ssl.SSLContext:
     try:
         return server_context(config.cert_file, config.key_file)
     except (OSError, ssl.SSLError) as err:
@@ -84,7 +101,14 @@ class Daemon:
         self.imap = IMAPContext(config, self.accounts, self.throttle, self.executor, self.hub)
         self.pop3 = POP3Context(config, self.accounts, self.throttle, self.executor, self.imap,
                                 self.hub)
-        self.listeners: list[SMTPListener] = []
+        # tls-alpn-01 answers are switched in by SNI on the one context every listener shares;
+        # http-01 tokens are served by the http listener.
+        self.responder = ChallengeResponder()
+        self.responder.install(self.tls)
+        self.web = WebContext(config, self.accounts, self.responder)
+        self.certificates = CertificateManager(config, self.accounts, self.tls, self.responder,
+                                               self.executor)
+        self.listeners: list = []
         self.handlers: list = []
         self.stopping = asyncio.Event()
 
@@ -132,6 +156,10 @@ class Daemon:
                 self.listeners.append(IMAPListener(name, addr, self.imap, self.tls,
                                                    implicit_tls=name == "imaps"))
                 continue
+            if name in ("http", "admin"):
+                self.listeners.append(WebListener(name, addr, self.web,
+                                                  self.tls if name == "admin" else None))
+                continue
             if name in ("pop3", "pop3s"):
                 self.listeners.append(POP3Listener(name, addr, self.pop3, self.tls,
                                                    implicit_tls=name == "pop3s"))
@@ -156,15 +184,16 @@ class Daemon:
         except ConfigError as err:
             log.error("reload refused, keeping the running config: %s", err)
             return
+        cert, key = tls_files(new)
         try:
-            reload_certificate(self.tls, new.cert_file, new.key_file)
+            reload_certificate(self.tls, cert, key)
         except (OSError, ssl.SSLError) as err:
-            log.error("reload: cannot load certificate %s: %s; keeping the old one",
-                      new.cert_file, err)
+            log.error("reload: cannot load certificate %s: %s; keeping the old one", cert, err)
         self.accounts.apply_config(new)
         if new.listeners() != self.config.listeners():
             log.warning("reload: [listen] changes take effect at the next restart")
-        for obj in (*self.listeners, *self.handlers, self.queue, self.imap, self.pop3):
+        for obj in (*self.listeners, *self.handlers, self.queue, self.imap, self.pop3,
+                    self.certificates):
             obj.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay
@@ -174,6 +203,7 @@ class Daemon:
         log.info("reloaded %s", new.path)
 
     async def stop(self) -> None:
+        await self.certificates.stop()
         for listener in self.listeners:
             listener.stop_accepting()
         grace = self.config.smtp.shutdown_grace
@@ -202,11 +232,13 @@ class Daemon:
         pidfile = self.config.data_path("mailstead.pid")
         cleaner = asyncio.create_task(self.clean_tmp_forever())
         self.queue.start()
+        self.certificates.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.queue.flush()))
+        loop.add_signal_handler(signal.SIGUSR2, self.certificates.renew_now)
         await self.stopping.wait()
         log.info("shutting down")
         cleaner.cancel()

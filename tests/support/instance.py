@@ -24,13 +24,38 @@ from server.config import SERVICES, load_config
 MAILSTEAD = [sys.executable, "-m", "server"]
 PASSWORD = "correct horse battery"
 # The implemented services; the others stay off so the tests see only what exists.
-RUNNING = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+RUNNING = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http",
+           "admin")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports: all sockets stay bound until every port is picked."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def cli(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -44,17 +69,21 @@ def cli(*args: str, input: str | None = None, check: bool = True) -> subprocess.
 
 class Instance:
     def __init__(self, root: Path, nameserver: str, domain: str = "example.test",
-                 hostname: str = "mail.example.test", extra_config: str = ""):
+                 hostname: str = "mail.example.test", extra_config: str = "",
+                 acme: dict | None = None):
         self.root = Path(root)
         self.data_dir = self.root / "data"
         self.domain = domain
         self.hostname = hostname
-        self.ports = {svc: free_port() for svc in RUNNING}
+        self.ports = dict(zip(RUNNING, free_ports(len(RUNNING)), strict=True))
         listen = [f"--listen={svc}=127.0.0.1:{self.ports[svc]}" if svc in self.ports
                   else f"--listen={svc}=" for svc in SERVICES]
         cli("init", "--data-dir", str(self.data_dir), "--domain", domain, "--hostname",
             hostname, "--nameserver", nameserver, *listen)
         self.config_path = self.data_dir / "mailstead.toml"
+        # init turns ACME on for a real server; a test instance must never reach Let's Encrypt,
+        # so it is off unless the test brings its own CA (Pebble).
+        self.set_acme(acme or {"enabled": False})
         # Cheaper password hashing keeps fixtures fast; production defaults are tested in unit.
         self.append_config("[accounts]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\n"
                            + extra_config)
@@ -62,6 +91,16 @@ class Instance:
         self.log_path = self.root / "mailstead.log"
 
     # --- config and accounts ---
+
+    def set_acme(self, settings: dict) -> None:
+        """Replace the [acme] table init wrote (keys: strings, bools, lists of strings)."""
+        text = self.config_path.read_text()
+        head, sep, rest = text.partition("\n[acme]\n")
+        if sep:
+            nxt = rest.find("\n[")
+            rest = rest[nxt + 1:] if nxt >= 0 else ""
+        lines = [f"{key} = {_toml(value)}" for key, value in settings.items()]
+        self.config_path.write_text(head + "\n[acme]\n" + "\n".join(lines) + "\n\n" + rest)
 
     def append_config(self, text: str) -> None:
         with open(self.config_path, "a") as f:
