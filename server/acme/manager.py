@@ -149,7 +149,7 @@ class CertificateManager:
         """Ask the CA for renewal information when it is time; returns when to ask next."""
         status = self.status()
         now = time.time()
-        if status.get("ari_next_check", 0) > now:
+        if (status.get("ari_next_check") or 0) > now:
             return status["ari_next_check"]
         path = acme_file(self.config)
         if describe(path) is None:
