@@ -107,6 +107,21 @@ def _relay(value: Any) -> Listen | None:
     return Listen(host, port)
 
 
+def _ip_version(version: int):
+    def parse(value: Any) -> str:
+        value = _string(value)
+        if not value:
+            return ""
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IPv{version} address, got {value!r}") from None
+        if addr.version != version:
+            raise ValueError(f"must be an IPv{version} address, got {value!r}")
+        return str(addr)
+    return parse
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
@@ -223,6 +238,12 @@ class ServerSection:
     data_dir: Path = option(
         Path("."), "Directory holding the account database, Maildirs, keys, certificates and "
         "queue. A relative path is taken from the config file's directory.", _path)
+    public_ipv4: str = option(
+        "", "The server's public IPv4 address, for the A record the DNS page asks for; empty = "
+        "not known (the page then shows what DNS has).", _ip_version(4))
+    public_ipv6: str = option(
+        "", "The server's public IPv6 address, for the AAAA record; empty = none.",
+        _ip_version(6))
 
 
 _listen_fields = {
@@ -405,6 +426,22 @@ class ACMESection:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSection:
+    mta_sts_mode: str = option(
+        "testing", "MTA-STS policy mode published for your domains (RFC 8461): testing "
+        "(report only), enforce (senders must use verified TLS to us) or none.",
+        _choice("testing", "enforce", "none"))
+    mta_sts_max_age: int = option(
+        604800, "Seconds senders may cache the MTA-STS policy (at most 31557600).",
+        _int_range(0, 31557600))
+    session_hours: float = option(
+        12.0, "Hours an admin-panel login lasts without activity.", _positive_float)
+    totp_issuer: str = option(
+        "mailstead", "Name shown in authenticator apps for the panel's second factor.",
+        _string)
+
+
+@dataclass(frozen=True, slots=True)
 class DKIMSection:
     ed25519: bool = option(
         False, "Also sign with an Ed25519 key (RFC 8463), as a second signature beside "
@@ -447,6 +484,7 @@ SECTIONS: dict[str, type] = {
     "pop3": POP3Section,
     "dkim": DKIMSection,
     "acme": ACMESection,
+    "web": WebSection,
     "accounts": AccountsSection,
     "log": LogSection,
 }
@@ -466,6 +504,7 @@ class Config:
     pop3: POP3Section
     dkim: DKIMSection
     acme: ACMESection
+    web: WebSection
     accounts: AccountsSection
     log: LogSection
 

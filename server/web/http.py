@@ -48,20 +48,19 @@ class WebContext:
     """What both web listeners share: our names, the ACME responder, the MTA-STS policy."""
 
     def __init__(self, config: Config, accounts, responder, *,
-                 mta_sts_mode: str = DEFAULT_MODE, mta_sts_max_age: int = DEFAULT_MAX_AGE):
+                 mta_sts_mode: str | None = None, mta_sts_max_age: int | None = None):
         self.accounts = accounts
         self.responder = responder
-        check_policy(mta_sts_mode, mta_sts_max_age)
-        self.mta_sts_mode = mta_sts_mode
-        self.mta_sts_max_age = mta_sts_max_age
-        self.update_config(config)
+        self.update_config(config, mta_sts_mode=mta_sts_mode, mta_sts_max_age=mta_sts_max_age)
 
     def update_config(self, config: Config, *, mta_sts_mode: str | None = None,
                       mta_sts_max_age: int | None = None) -> None:
-        """A new config, and optionally a new MTA-STS mode or max_age (checked first, so a bad
-        value changes nothing)."""
-        mode = self.mta_sts_mode if mta_sts_mode is None else mta_sts_mode
-        max_age = self.mta_sts_max_age if mta_sts_max_age is None else mta_sts_max_age
+        """A new config; the MTA-STS mode and max_age come from ``[web]`` unless given (checked
+        first, so a bad value changes nothing)."""
+        web = getattr(config, "web", None)
+        mode = mta_sts_mode or (web.mta_sts_mode if web else DEFAULT_MODE)
+        max_age = mta_sts_max_age if mta_sts_max_age is not None else (
+            web.mta_sts_max_age if web else DEFAULT_MAX_AGE)
         check_policy(mode, max_age)
         self.config = config
         self.hostname = config.server.hostname
