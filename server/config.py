@@ -420,6 +420,9 @@ class ACMESection:
         "dropped, so the host name alone still gets its certificate.", _prefix_list)
     extra_names: tuple[str, ...] = option(
         (), "More host names for the certificate.", _name_list)
+    reuse_key: bool = option(
+        True, "Keep the certificate's private key across renewals, so a published TLSA "
+        "(DANE) record stays valid. Turn off to get a new key with every certificate.", _bool)
     eab_kid: str = option("", "External account binding key id, if the CA requires one.",
                           _string)
     eab_hmac_key: str = option("", "External account binding HMAC key (base64url).", _string)

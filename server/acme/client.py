@@ -48,7 +48,7 @@ _PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
 @dataclass(frozen=True)
 class Issued:
     chain_pem: bytes          # leaf first, then the intermediates, as the CA sent them
-    key_pem: bytes            # PKCS#8, a fresh key for every order
+    key_pem: bytes            # PKCS#8
     names: tuple[str, ...]    # the DNS names in the leaf
     not_before: datetime.datetime
     not_after: datetime.datetime
@@ -264,13 +264,15 @@ class ACMEClient:
 
     # ------------------------------------------------------------------ issuance (RFC 8555 §7.4)
     def issue(self, names: list[str], challenge: str, responder: ChallengeResponder,
-              key_type: str = "ec256") -> Issued:
-        """Order, validate with ``challenge``, finalize and download a certificate for names."""
+              key_type: str = "ec256", key_pem: bytes | None = None) -> Issued:
+        """Order, validate with ``challenge``, finalize and download a certificate for names.
+        ``key_pem`` reuses that private key (a renewal keeping TLSA records valid); else a new
+        one of ``key_type`` is made."""
         names = list(dict.fromkeys(n.rstrip(".").lower() for n in names))
         if challenge not in CHALLENGES or key_type not in KEY_TYPES or not names:
             raise ValueError(f"need names, a challenge of {CHALLENGES} and a key type of "
                              f"{tuple(KEY_TYPES)}; got {names}, {challenge!r}, {key_type!r}")
-        key = KEY_TYPES[key_type]()
+        key = _load_key(key_pem) if key_pem else KEY_TYPES[key_type]()
         with self._lock, self._errors():
             self._account()
             self._step = f"ordering a certificate for {', '.join(names)}"
@@ -416,3 +418,10 @@ class ACMEClient:
                 what = f"HTTP {what.status_code} from {what.url}"
             raise ACMEError(f"{self._step}: unexpected answer from the ACME server: "
                             f"{what or type(e).__name__}") from e
+
+
+def _load_key(key_pem: bytes):
+    key = serialization.load_pem_private_key(key_pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the certificate key must be an EC or RSA key")
+    return key

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from maildir.safeio import atomic_write, make_private_dir
 from server.config import LETSENCRYPT_STAGING, Config
@@ -238,13 +239,35 @@ class CertificateManager:
 
     def _issue(self, names: list[str], challenge: str):
         client = self.client_factory(self.config)
-        return client.issue(names, challenge, self.responder)
+        return client.issue(names, challenge, self.responder, key_pem=self._reused_key())
+
+    def _reused_key(self) -> bytes | None:
+        """The current certificate's key when [acme] reuse_key is on: a DANE (TLSA 3 1 1)
+        record pins the key, so a new key at every renewal would break delivery to us for
+        every sender that checks DANE until the record is changed."""
+        if not self.config.acme.reuse_key:
+            return None
+        try:
+            pem = acme_file(self.config).read_bytes()
+            key = serialization.load_pem_private_key(_first_key_block(pem), None)
+        except (OSError, ValueError, TypeError):
+            return None
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
 
     def _install(self, issued) -> None:
         path = acme_file(self.config)
         make_private_dir(path.parent)
         atomic_write(path, issued.key_pem + issued.chain_pem, 0o600)
         reload_certificate(self.tls, path, None)
+
+
+def _first_key_block(pem: bytes) -> bytes:
+    start = pem.index(b"-----BEGIN ")
+    while b"PRIVATE KEY-----" not in pem[start:pem.index(b"\n", start)]:
+        start = pem.index(b"-----BEGIN ", start + 1)
+    end = pem.index(b"-----END ", start)
+    return pem[start:pem.index(b"\n", end) + 1]
 
 
 def _default_client(config: Config):

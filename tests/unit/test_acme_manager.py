@@ -39,10 +39,11 @@ HOST = "mail.example.test"
 DAY = 86400.0
 
 
-def make_issued(names, lifetime_days=90.0, age_days=0.0) -> Issued:
+def make_issued(names, lifetime_days=90.0, age_days=0.0, key_pem=None) -> Issued:
     now = datetime.datetime.now(datetime.UTC)
     start = now - datetime.timedelta(days=age_days)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = (serialization.load_pem_private_key(key_pem, None) if key_pem
+           else ec.generate_private_key(ec.SECP256R1()))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scripted CA")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -63,17 +64,19 @@ class ScriptedCA:
     def __init__(self, *outcomes):
         self.outcomes = list(outcomes)
         self.orders: list[tuple[list[str], str]] = []
+        self.keys: list[bytes | None] = []
         self.ari: tuple[float | None, float] = (None, time.time() + 6 * 3600)
 
     def __call__(self, config):  # the manager's client_factory
         return self
 
-    def issue(self, names, challenge, responder):
+    def issue(self, names, challenge, responder, key_pem=None):
         self.orders.append((list(names), challenge))
+        self.keys.append(key_pem)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        return make_issued(names, outcome)
+        return make_issued(names, outcome, key_pem=key_pem)
 
     def renewal_window(self, chain_pem):
         return self.ari
@@ -307,3 +310,33 @@ def test_disabled_manager_never_orders(setup, tmp_path):
     mgr.start()
     assert mgr.task is None and ca.orders == []
     assert tls_files(off) == (off.cert_file, off.key_file)
+
+
+def _spki(path) -> bytes:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_renewal_keeps_the_key_for_dane(setup):
+    ca = ScriptedCA(90.0, 90.0)
+    mgr = manager(setup, ca)
+    asyncio.run(mgr.obtain(NAMES))
+    first = _spki(acme_file(mgr.config))
+    asyncio.run(mgr.obtain(NAMES))
+    assert ca.keys[0] is None and ca.keys[1] is not None
+    assert _spki(acme_file(mgr.config)) == first  # a TLSA 3 1 1 record stays valid
+
+
+def test_new_key_every_time_when_reuse_is_off(setup, tmp_path):
+    config, ctx, executor = setup
+    config = parse_config(f'[server]\nhostname = "{HOST}"\ndata_dir = "{tmp_path}"\n'
+                          '[acme]\nenabled = true\nreuse_key = false\n',
+                          tmp_path / "mailstead.toml")
+    ca = ScriptedCA(90.0, 90.0)
+    mgr = CertificateManager(config, Accounts(), ctx, ChallengeResponder(), executor,
+                             client_factory=ca)
+    asyncio.run(mgr.obtain(NAMES))
+    first = _spki(acme_file(config))
+    asyncio.run(mgr.obtain(NAMES))
+    assert ca.keys == [None, None] and _spki(acme_file(config)) != first
