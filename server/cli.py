@@ -267,6 +267,53 @@ def cmd_dkim_show(args) -> int:
     return 0
 
 
+def cmd_dns(args) -> int:
+    import asyncio
+
+    from server import dnsrecords
+
+    config = _config(args)
+    domains = _store(args).list_domains()
+    if args.domain:
+        if normalize_domain(args.domain) not in domains:
+            raise CLIError(f"{args.domain} is not one of your domains "
+                           f"(add it with 'mailstead domain add {args.domain}')")
+        domains = [normalize_domain(args.domain)]
+    spki = dnsrecords.served_spki_sha256(config)
+    broken = False
+    for n, domain in enumerate(domains):
+        records = dnsrecords.expected_records(
+            config, domain, dkim_keys=dkimkeys.keys_for(config.dkim_dir, domain),
+            cert_spki_sha256=spki)
+        if n:
+            print()
+        if args.zone:
+            sys.stdout.write(dnsrecords.zone_file(records, origin=domain))
+        elif args.check:
+            from server.dnscheck import check_records
+            from server.dnsresolve import make_resolver
+
+            checks = asyncio.run(check_records(records, make_resolver(config.dns)))
+            print(f"DNS records of {domain}, as DNS has them now:")
+            for check in checks:
+                rec = check.record
+                print(f"  {check.status.upper():<9}{rec.rtype:<6}{rec.name}")
+                if check.status != "ok" and check.found:
+                    print(f"           found: {' | '.join(check.found)}")
+                for text in (check.fix, check.note):
+                    if text:
+                        print(f"           {text}")
+                broken = broken or check.breaks_mail
+        else:
+            print(f"DNS records to publish for {domain}:")
+            for rec in records:
+                need = "required" if rec.required else "recommended"
+                print(f"  {rec.name:<34} {rec.rtype:<6}{rec.display_value()}")
+                print(f"      {need}: {rec.purpose}"
+                      + (f" ({rec.condition})" if rec.condition else ""))
+    return 1 if broken else 0
+
+
 # --- outbound queue ---
 
 
@@ -493,6 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("status", help="names, issuer, expiry, last renewal attempt and error"
                     ).set_defaults(func=cmd_tls_status)
     tsub.add_parser("renew", help="renew the certificate now").set_defaults(func=cmd_tls_renew)
+
+    dnsp = sub.add_parser("dns", help="the DNS records to publish, and a live check of them")
+    dnsp.add_argument("domain", nargs="?", help="one domain (default: all)")
+    dmode = dnsp.add_mutually_exclusive_group()
+    dmode.add_argument("--check", action="store_true",
+                       help="look the records up; exit status 1 if one mail needs is wrong")
+    dmode.add_argument("--zone", action="store_true", help="print a BIND zone-file fragment")
+    dnsp.set_defaults(func=cmd_dns)
 
     dkim = sub.add_parser("dkim", help="DKIM signing keys")
     ksub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")

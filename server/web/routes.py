@@ -7,13 +7,17 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 from typing import Protocol
+from urllib.parse import parse_qs
 
+from server.addresses import AddressError, parse_address
+from server.clientconfig import AUTOCONFIG_PATHS, AUTOCONFIG_TYPE, autoconfig_xml
 from server.web.message import Request, Response, text_response
 from server.web.mtasts import policy_text
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
 MTA_STS_LABEL = "mta-sts."
+AUTOCONFIG_LABEL = "autoconfig."
 METHODS = ("GET", "HEAD")
 ALLOW = ", ".join(METHODS)
 # RFC 8555 §8.3: the token is base64url without padding (128 bits or more of entropy); anything
@@ -28,6 +32,7 @@ class Site(Protocol):
     responder: object | None
     mta_sts_mode: str
     mta_sts_max_age: int
+    config: object  # server.config.Config: the listeners autoconfig describes
 
     def domains(self) -> list[str]: ...
 
@@ -43,6 +48,10 @@ def route(req: Request, site: Site, *, tls: bool) -> Response:
         # Answered on both listeners: the CA fetches over plain HTTP (port 80) and would follow
         # a redirect to HTTPS, but answering directly needs no working certificate.
         return acme_challenge(site, req.path[len(ACME_PREFIX):])
+    if req.path in AUTOCONFIG_PATHS and is_ours(req.host, site.hostname, site.domains()):
+        # Both listeners: Thunderbird asks http://autoconfig.<domain>/ too, and a redirect to
+        # HTTPS would fail there until the certificate covers that name.
+        return autoconfig(req, site)
     if not tls:
         return redirect(req, site)
     if req.path == MTA_STS_PATH and is_mta_sts_host(req.host, site.domains()):
@@ -60,6 +69,37 @@ def acme_challenge(site: Site, token: str) -> Response:
     if key_auth is None:
         return text_response(HTTPStatus.NOT_FOUND, "Not Found", [NO_STORE])
     return Response(HTTPStatus.OK, key_auth.encode("ascii"), "text/plain", [NO_STORE])
+
+
+def autoconfig_domain(req: Request, site: Site) -> str | None:
+    """Which of our domains the request is about: the ``emailaddress`` Thunderbird sends,
+    else the ``autoconfig.<domain>`` it asked, else our first domain."""
+    domains = site.domains()
+    # The head is at most 8 KiB, which bounds the query too.
+    addresses = parse_qs(req.query).get("emailaddress")
+    if addresses:
+        try:
+            domain = parse_address(addresses[0].strip()).domain
+        except AddressError:
+            domain = None
+        if domain in domains:
+            return domain
+    host = req.host or ""
+    if host.startswith(AUTOCONFIG_LABEL) and host[len(AUTOCONFIG_LABEL):] in domains:
+        return host[len(AUTOCONFIG_LABEL):]
+    return domains[0] if domains else None
+
+
+def autoconfig(req: Request, site: Site) -> Response:
+    """Thunderbird's config-v1.1.xml for the domain the request is about."""
+    domain = autoconfig_domain(req, site)
+    try:
+        body = autoconfig_xml(site.config, domain) if domain else None
+    except ValueError:  # no incoming or no outgoing service is on
+        body = None
+    if body is None:
+        return text_response(HTTPStatus.NOT_FOUND, "Not Found")
+    return Response(HTTPStatus.OK, body, AUTOCONFIG_TYPE)
 
 
 def is_ours(host: str | None, hostname: str, domains: list[str]) -> bool:
