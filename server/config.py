@@ -415,9 +415,10 @@ class ACMESection:
         "http-01", "Challenge tried first: http-01 (needs port 80) or tls-alpn-01 (needs "
         "port 443); the other is tried when it fails.", _choice("http-01", "tls-alpn-01"))
     domain_names: tuple[str, ...] = option(
-        ("mta-sts", "autoconfig"), "Labels put before each of your domains to add those "
-        "names to the certificate (mta-sts.example.com, ...). Names that fail validation are "
-        "dropped, so the host name alone still gets its certificate.", _prefix_list)
+        ("mta-sts", "autoconfig", "autodiscover"), "Labels put before each of your domains to "
+        "add those names to the certificate (mta-sts.example.com, ...). Names that fail "
+        "validation are dropped, so the host name alone still gets its certificate.",
+        _prefix_list)
     extra_names: tuple[str, ...] = option(
         (), "More host names for the certificate.", _name_list)
     reuse_key: bool = option(

@@ -109,14 +109,14 @@ def manager(setup, ca) -> CertificateManager:
                               client_factory=ca)
 
 
-NAMES = [HOST, "mta-sts.example.test", "autoconfig.example.test"]
+NAMES = [HOST, "mta-sts.example.test", "autoconfig.example.test", "autodiscover.example.test"]
 
 
 def test_wanted_names_host_first_no_duplicates(setup):
     config = setup[0]
     assert wanted_names(config, ["example.test"]) == NAMES
     assert wanted_names(config, ["example.test", "other.test"]) == NAMES + [
-        "mta-sts.other.test", "autoconfig.other.test"]
+        "mta-sts.other.test", "autoconfig.other.test", "autodiscover.other.test"]
 
 
 def test_first_order_installs_and_schedules_renewal_at_two_thirds(setup):
@@ -198,7 +198,7 @@ def test_name_failing_validation_is_dropped_and_the_rest_ordered(setup):
     ca = ScriptedCA(challenge_failed("autoconfig.example.test"), 90.0)
     mgr = manager(setup, ca)
     assert asyncio.run(mgr.obtain(NAMES)) is True
-    assert ca.orders == [(NAMES, "http-01"), (NAMES[:2], "http-01")]
+    assert ca.orders == [(NAMES, "http-01"), (NAMES[:2] + NAMES[3:], "http-01")]
     status = mgr.status()
     assert status["dropped"] == ["autoconfig.example.test"]
     assert status["dropped_error"] == "validation failed"
