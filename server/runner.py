@@ -40,6 +40,7 @@ from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
 from server.tlscert import reload_certificate, server_context
 from server.web.http import WebContext, WebListener
+from server.web.panel import PanelListener
 
 log = logging.getLogger("mailstead")
 
@@ -133,6 +134,17 @@ class Daemon:
                                 domain, key.record_name)
         self.signer.reload()
 
+    def panel_app(self):
+        from admin import Services, create_app
+
+        loop = asyncio.get_running_loop()
+        services = Services(
+            accounts=self.accounts, throttle=self.throttle, responder=self.responder,
+            renew_certificates=lambda: loop.call_soon_threadsafe(self.certificates.renew_now),
+            flush_queue=lambda: loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self.queue.flush())))
+        return create_app(self.config, services)
+
     async def start(self) -> None:
         if not self.config.db_path.exists():
             raise StartupError(f"[server] data_dir: no account database at {self.config.db_path}"
@@ -156,9 +168,11 @@ class Daemon:
                 self.listeners.append(IMAPListener(name, addr, self.imap, self.tls,
                                                    implicit_tls=name == "imaps"))
                 continue
-            if name in ("http", "admin"):
-                self.listeners.append(WebListener(name, addr, self.web,
-                                                  self.tls if name == "admin" else None))
+            if name == "http":
+                self.listeners.append(WebListener(name, addr, self.web, None))
+                continue
+            if name == "admin":
+                self.listeners.append(PanelListener(name, addr, self.panel_app(), self.tls))
                 continue
             if name in ("pop3", "pop3s"):
                 self.listeners.append(POP3Listener(name, addr, self.pop3, self.tls,

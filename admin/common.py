@@ -1,0 +1,95 @@
+"""What every blueprint uses: the config, the account store, the signed-in user, form errors."""
+
+from __future__ import annotations
+
+from flask import abort, current_app, flash, g, redirect, request, url_for
+
+from server.config import Config
+
+
+def config() -> Config:
+    return current_app.extensions["mailstead"]["config"]
+
+
+def services():
+    return current_app.extensions["mailstead"]["services"]
+
+
+def accounts():
+    return services().accounts
+
+
+def user():
+    """The signed-in user (``auth.install`` has loaded it, or refused the request)."""
+    return g.user
+
+
+def require_admin() -> None:
+    if not (g.get("user") and g.user.is_admin):
+        abort(403)
+
+
+def field(name: str, *, required: bool = True, max_length: int = 500) -> str:
+    """A form field, stripped; a missing required one or an overlong one is a form error."""
+    value = request.form.get(name, "").strip()
+    if required and not value:
+        raise FormError(f"{name.replace('_', ' ').capitalize()} is required.")
+    if len(value) > max_length:
+        raise FormError(f"{name.replace('_', ' ').capitalize()} is too long.")
+    if any(c in value for c in "\r\n\0"):
+        # Nothing in the panel takes more than one line; a CR/LF reaching a header or a
+        # config line is how injection starts.
+        raise FormError(f"{name.replace('_', ' ').capitalize()} must be one line.")
+    return value
+
+
+class FormError(ValueError):
+    """A problem with what was typed, shown next to the form (HTTP 400 on re-render)."""
+
+
+def done(message: str, endpoint: str, **values):
+    flash(message, "ok")
+    return redirect(url_for(endpoint, **values))
+
+
+def parse_size(text: str) -> int:
+    """'2G', '500M', '0' (unlimited) -> bytes."""
+    text = text.strip().upper().removesuffix("B")
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    scale = 1
+    if text and text[-1] in units:
+        scale, text = units[text[-1]], text[:-1]
+    try:
+        value = float(text)
+    except ValueError:
+        raise FormError("Quota must be a size such as 500M or 2G (0 = unlimited).") from None
+    if value < 0 or value * scale >= 2**62:
+        raise FormError("Quota must be a size such as 500M or 2G (0 = unlimited).")
+    return int(value * scale)
+
+
+def format_size(n: int | None) -> str:
+    if not n:
+        return "unlimited" if n == 0 else "-"
+    for unit, scale in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}B".replace(".0 ", " ")
+    return f"{n} B"
+
+
+def form_action(back: str):
+    """A POST view whose FormError/AccountError is shown on the page at ``back`` (303)."""
+    import functools
+
+    from server.accounts import AccountError
+
+    def wrap(view):
+        @functools.wraps(view)
+        def run(*args, **kwargs):
+            try:
+                return view(*args, **kwargs)
+            except (FormError, AccountError, ValueError) as err:
+                flash(str(err) or "That did not work.", "error")
+                return redirect(url_for(back, **kwargs), 303)
+        return run
+    return wrap

@@ -1,0 +1,80 @@
+"""Mailboxes: create, reset password, quota, disable, admin, delete."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template, request
+
+from admin.common import (
+    FormError,
+    accounts,
+    done,
+    field,
+    form_action,
+    format_size,
+    parse_size,
+    user,
+)
+from maildir import quota
+
+bp = Blueprint("mailboxes", __name__, url_prefix="/mailboxes")
+
+
+def usage_of(u) -> int | None:
+    try:
+        return quota.usage(u.maildir, u.quota_bytes)[0]
+    except OSError:
+        return None
+
+
+@bp.get("/")
+def index():
+    store = accounts()
+    users = store.list_users()
+    return render_template("mailboxes.html", users=users, domains=store.list_domains(),
+                           usage={u.address: usage_of(u) for u in users},
+                           format_size=format_size)
+
+
+@bp.post("/add")
+@form_action("mailboxes.index")
+def add():
+    address = f"{field('local', max_length=64)}@{field('domain', max_length=253)}"
+    password = request.form.get("password", "")
+    if password != request.form.get("password2", ""):
+        raise FormError("The two passwords differ.")
+    created = accounts().add_user(address, password, admin=bool(request.form.get("admin")),
+                                  quota_bytes=parse_size(request.form.get("quota") or "0"))
+    return done(f"Created {created.address}.", "mailboxes.index")
+
+
+@bp.post("/<address>/password")
+@form_action("mailboxes.index")
+def password(address: str):
+    new = request.form.get("password", "")
+    if not new:
+        raise FormError("Type the new password.")
+    accounts().set_password(address, new)
+    return done(f"New password set for {address}; its sessions are signed out.",
+                "mailboxes.index")
+
+
+@bp.post("/<address>/settings")
+@form_action("mailboxes.index")
+def settings(address: str):
+    admin = bool(request.form.get("admin"))
+    disabled = bool(request.form.get("disabled"))
+    if address.lower() == user().address.lower() and (not admin or disabled):
+        raise FormError("You cannot remove your own admin rights or disable yourself.")
+    accounts().update_user(address, admin=admin, disabled=disabled,
+                           quota_bytes=parse_size(request.form.get("quota") or "0"))
+    return done(f"Saved {address}.", "mailboxes.index")
+
+
+@bp.post("/<address>/delete")
+@form_action("mailboxes.index")
+def delete(address: str):
+    if address.lower() == user().address.lower():
+        raise FormError("You cannot delete your own mailbox here.")
+    aside = accounts().delete_user(address)
+    return done(f"Deleted {address}; its mail was kept in {aside}." if aside
+                else f"Deleted {address}.", "mailboxes.index")

@@ -1,0 +1,136 @@
+"""The ``admin`` listener: the Flask panel (``admin.create_app``) served by Hypercorn.
+
+Hypercorn's HTTP/1.1 handler runs in the daemon's own event loop (WSGI views run in worker
+threads), on sockets we bind ourselves, with the one ``SSLContext`` every mail listener
+shares: an ACME renewal loaded into it reaches the panel too, and the tls-alpn-01 responder's
+SNI callback answers the CA on this port. No ALPN is offered, so every client speaks HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import wrap_app
+
+from server.config import Config, Listen, format_host_port
+
+log = logging.getLogger("mailstead.admin")
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+TLS_SHUTDOWN_TIMEOUT = 1.0
+GRACE = 5.0
+MAX_BODY = 1024 * 1024  # forms and API calls are small; the panel takes no uploads
+
+
+def bind(listen: Listen) -> list[socket.socket]:
+    """Listening sockets for ``listen`` (no host: every IPv4 and IPv6 address)."""
+    if listen.host is None:
+        if socket.has_dualstack_ipv6():
+            socks = [socket.create_server(("::", listen.port), family=socket.AF_INET6,
+                                          dualstack_ipv6=True, backlog=512)]
+        else:
+            socks = [socket.create_server(("0.0.0.0", listen.port), backlog=512)]
+    else:
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        socks = [socket.create_server((listen.host, listen.port), family=family, backlog=512)]
+    for sock in socks:
+        sock.setblocking(False)
+    return socks
+
+
+class PanelListener:
+    """Hypercorn's HTTP/1.1 connection handler (``TCPServer``) behind our own accept loop:
+    ours so that the listener has the same limits and shutdown as the others — connections per
+    IP and in all, a short TLS shutdown (asyncio waits 30 s for a client's close_notify by
+    default), and connections ended quietly when the server stops."""
+
+    def __init__(self, name: str, listen: Listen, app, tls_context: ssl.SSLContext, *,
+                 max_connections: int = 500, max_connections_per_ip: int = 50):
+        self.name = name
+        self.listen = listen
+        self.wsgi = app
+        self.app = wrap_app(app, MAX_BODY, "wsgi")
+        self.tls_context = tls_context
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.hconfig = self._hypercorn_config()
+        self.context = WorkerContext(None)
+        self.connections: set[asyncio.Task] = set()
+        self.per_ip: dict[str, int] = {}
+        self.servers: list[asyncio.Server] = []
+
+    def _hypercorn_config(self) -> HypercornConfig:
+        cfg = HypercornConfig()
+        cfg.keep_alive_timeout = 30
+        cfg.read_timeout = 60  # a client that sends nothing for a minute is dropped
+        cfg.h11_max_incomplete_size = 16 * 1024  # request line + headers: a slowloris cap
+        cfg.wsgi_max_body_size = MAX_BODY
+        cfg.include_server_header = False
+        cfg.accesslog = logging.getLogger("mailstead.admin.access")
+        cfg.errorlog = log
+        cfg.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+        return cfg
+
+    async def start(self) -> None:
+        for sock in bind(self.listen):
+            self.servers.append(await asyncio.start_server(
+                self._serve, sock=sock, ssl=self.tls_context, backlog=512,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT))
+        bound = ", ".join(format_host_port(*sock.getsockname()[:2])
+                          for server in self.servers for sock in server.sockets)
+        log.info("%s listening on %s", self.name, bound)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        if len(self.connections) >= self.max_connections or \
+                self.per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            log.warning("%s: connection limit reached for [%s]", self.name, ip)
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        self.connections.add(task)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        try:
+            await TCPServer(self.app, asyncio.get_running_loop(), self.hconfig, self.context,
+                            {}, reader, writer)
+        except (TimeoutError, OSError, ssl.SSLError):
+            pass  # the client went away, or never answered our TLS close_notify
+        except asyncio.CancelledError:
+            # drain() ends it; ending normally keeps Python 3.11's stream callback from
+            # logging the CancelledError as "Exception in callback".
+            writer.transport.abort()
+        except Exception:
+            log.exception("%s: unexpected error serving [%s]", self.name, ip)
+        finally:
+            self.connections.discard(task)
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+
+    def update_config(self, config: Config) -> None:
+        from admin import update_config
+
+        update_config(self.wsgi, config)
+
+    def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Idle keep-alive connections close at once (hypercorn watches ``terminated``);
+        requests under way get the grace, at most GRACE seconds: a panel page is quick."""
+        await self.context.terminated.set()
+        if self.connections:
+            await asyncio.wait(set(self.connections), timeout=min(grace, GRACE))
+        for task in list(self.connections):
+            task.cancel()
+        if self.connections:
+            await asyncio.wait(set(self.connections), timeout=1)
