@@ -1,4 +1,5 @@
-"""The account store: domains, mailboxes (users) and aliases in SQLite (WAL mode).
+"""The account store: domains, mailboxes (users) and aliases in SQLite (WAL mode); app
+passwords, API tokens and TOTP come from the server.credentials mixin.
 
 Addresses are stored normalised (lower-case local part, IDNA domain), so every lookup is an
 exact match. Passwords are argon2id hashes; a hash made with older parameters is replaced at the
@@ -24,6 +25,13 @@ import argon2
 
 from maildir import create_maildir, quota
 from maildir.safeio import make_private_dir
+from server.accounterrors import (
+    AccountError,
+    AliasLoop,
+    MailboxDisabled,
+    NotLocal,
+    UnknownRecipient,
+)
 from server.addresses import (
     Address,
     AddressError,
@@ -32,9 +40,15 @@ from server.addresses import (
     split_tag,
     validate_mailbox_local,
 )
+from server.credentials import ApiToken as ApiToken  # re-exported, as are the exceptions
+from server.credentials import AppPassword as AppPassword
+from server.credentials import Credentials
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+# Each schema version's statements. initialise() applies those a database lacks, all in one
+# transaction: a new database runs them all, so upgrades and fresh installs share one path.
+# Never edit a released version; add the next one. Version 1's statements say IF NOT EXISTS
+# because databases from before this list may have its tables but no version recorded.
+MIGRATIONS: dict[int, str] = {1: """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY,
@@ -60,33 +74,51 @@ CREATE TABLE IF NOT EXISTS aliases (
     created INTEGER NOT NULL,
     UNIQUE (local, domain, destination)
 );
-"""
+""", 2: """
+-- Sessions of the admin panel older than this are invalid (REAL: sub-second, so a session made
+-- just before a password change in the same second does not survive it).
+ALTER TABLE users ADD COLUMN password_changed REAL NOT NULL DEFAULT 0;
+UPDATE users SET password_changed = created;
+-- Base32 (RFC 6238); NULL while TOTP is off.
+ALTER TABLE users ADD COLUMN totp_secret TEXT;
+-- The last time step whose code was accepted: no code is accepted twice (RFC 6238 §5.2).
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE app_passwords (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    lookup TEXT NOT NULL UNIQUE,  -- the first group of the password, to find its one hash
+    hash TEXT NOT NULL,           -- argon2 of the rest
+    created INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX app_passwords_user ON app_passwords(user_id);
+CREATE TABLE api_tokens (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    lookup TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX api_tokens_user ON api_tokens(user_id);
+CREATE TABLE recovery_codes (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    lookup TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (user_id, lookup)
+);
+"""}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 # RFC 5321 §4.5.1 requires postmaster at every domain; RFC 2142 asks for abuse. Unless the owner
 # made them as mailboxes or aliases, both reach the admins.
 ROLE_ADDRESSES = ("postmaster", "abuse")
 MAX_ALIAS_DEPTH = 8
 MAX_QUOTA = 2**62  # SQLite integers are 64-bit signed; no disk is near this
-
-
-class AccountError(Exception):
-    """A request the store refuses; the message is fit to show the user."""
-
-
-class NotLocal(AccountError):
-    pass
-
-
-class UnknownRecipient(AccountError):
-    pass
-
-
-class MailboxDisabled(AccountError):
-    pass
-
-
-class AliasLoop(AccountError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +130,8 @@ class User:
     quota_bytes: int
     is_admin: bool
     disabled: bool
+    password_changed: float = 0.0  # epoch seconds; the panel drops sessions older than this
+    totp: bool = False  # TOTP second factor on (for the panel; mail protocols don't ask for it)
 
     @property
     def address(self) -> str:
@@ -116,7 +150,7 @@ class Resolution:
     external: tuple[str, ...]
 
 
-class AccountStore:
+class AccountStore(Credentials):
     def __init__(self, db_path: Path, mail_root: Path, *, recipient_delimiter: str = "+",
                  min_password_length: int = 10, hasher: argon2.PasswordHasher | None = None):
         self.db_path = Path(db_path)
@@ -175,14 +209,22 @@ class AccountStore:
         conn.execute("COMMIT")
 
     def initialise(self) -> None:
-        """Create the schema (idempotent)."""
-        conn = self._conn()
+        """Create the schema, or upgrade an older one, in one transaction (idempotent)."""
+        self._conn()
         # Password hashes live here; SQLite gives its -wal/-shm files the same mode.
         os.chmod(self.db_path, 0o600)
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                         (str(SCHEMA_VERSION),))
+            version = _schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise AccountError(f"{self.db_path} has schema version {version}, newer than "
+                                   f"this mailstead ({SCHEMA_VERSION}); upgrade mailstead")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                # Statement by statement: executescript() would commit the transaction.
+                for statement in _statements(MIGRATIONS[step]):
+                    conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -247,10 +289,11 @@ class AccountStore:
             maildir = self.mail_root / rel
             make_private_dir(maildir.parent)
             create_maildir(maildir)
+            now = time.time()
             conn.execute(
                 "INSERT INTO users (local, domain, password, quota_bytes, is_admin, maildir,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (local, domain, pw_hash, quota_bytes, int(admin), rel, int(time.time())))
+                " created, password_changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (local, domain, pw_hash, quota_bytes, int(admin), rel, int(now), now))
         user = self.get_user(f"{local}@{domain}")
         assert user is not None
         return user
@@ -276,8 +319,8 @@ class AccountStore:
         user = self._existing_user(address)
         self._check_password(password)
         with self._write() as conn:
-            conn.execute("UPDATE users SET password=? WHERE id=?",
-                         (self.hasher.hash(password), user.id))
+            conn.execute("UPDATE users SET password=?, password_changed=? WHERE id=?",
+                         (self.hasher.hash(password), time.time(), user.id))
 
     def update_user(self, address: str, *, admin: bool | None = None,
                     quota_bytes: int | None = None, disabled: bool | None = None) -> User:
@@ -312,25 +355,36 @@ class AccountStore:
             conn.execute("DELETE FROM users WHERE id=?", (user.id,))
         return dest
 
-    def authenticate(self, address: str, password: str) -> User | None:
-        """The user if ``password`` is theirs and the mailbox is enabled, else None."""
+    def authenticate(self, address: str, password: str, *, app_passwords: bool = True,
+                     now: float | None = None) -> User | None:
+        """The user if the mailbox is enabled and ``password`` is its password or, with
+        ``app_passwords``, one of its app passwords; else None. The admin panel passes
+        app_passwords=False: a password handed to a phone must not open the panel."""
         try:
             addr = parse_address(address)
             row = self._user_row(self._conn(), addr.folded_local, addr.domain)
         except AddressError:
             row = None
-        stored = row["password"] if row else self._dummy_hash
+        enabled_id = row["id"] if row is not None and not row["disabled"] else None
+        # Every refusal costs the same argon2 verifications (one, or two with app passwords),
+        # dummy hashes standing in for what is missing, so timing tells neither whether the
+        # mailbox exists nor whether an app password's lookup id matched.
+        stored = row["password"] if row is not None else self._dummy_hash
+        if self._verify(stored, password) and enabled_id is not None:
+            if self.hasher.check_needs_rehash(stored):
+                with self._write() as conn:
+                    conn.execute("UPDATE users SET password=? WHERE id=?",
+                                 (self.hasher.hash(password), enabled_id))
+            return self._user(row)
+        if app_passwords and self._app_password_matches(enabled_id, password, now):
+            return self._user(row)
+        return None
+
+    def _verify(self, stored: str, password: str) -> bool:
         try:
-            self.hasher.verify(stored, password)
+            return self.hasher.verify(stored, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return None
-        if row is None or row["disabled"]:
-            return None
-        if self.hasher.check_needs_rehash(stored):
-            with self._write() as conn:
-                conn.execute("UPDATE users SET password=? WHERE id=?",
-                             (self.hasher.hash(password), row["id"]))
-        return self._user(row)
+            return False
 
     # --- aliases ---
 
@@ -483,7 +537,27 @@ class AccountStore:
     def _user(self, row: sqlite3.Row) -> User:
         return User(id=row["id"], local=row["local"], domain=row["domain"],
                     maildir=self.mail_root / row["maildir"], quota_bytes=row["quota_bytes"],
-                    is_admin=bool(row["is_admin"]), disabled=bool(row["disabled"]))
+                    is_admin=bool(row["is_admin"]), disabled=bool(row["disabled"]),
+                    password_changed=row["password_changed"], totp=row["totp_secret"] is not None)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    """0 for a new database."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone():
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _statements(script: str) -> Iterator[str]:
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    assert not statement.strip("\n -"), "statement without ;"
 
 
 def _params(hasher: argon2.PasswordHasher) -> tuple:
