@@ -90,6 +90,7 @@ def create_app(config: Config, services: Services | None = None, *,
     from admin import (
         account,
         aliases,
+        api,
         auth,
         certificates,
         dkim,
@@ -102,9 +103,10 @@ def create_app(config: Config, services: Services | None = None, *,
     )
 
     for module in (auth, home, domains, mailboxes, aliases, queue, certificates, dkim, dns,
-                   account, wellknown):
+                   account, wellknown, api):
         app.register_blueprint(module.bp)
     csrf.exempt(wellknown.bp)  # machines (Outlook's autodiscover POST) carry no CSRF token
+    csrf.exempt(api.bp)  # bearer tokens, never cookies: nothing for a forged request to ride
     auth.install(app)
     return app
 
