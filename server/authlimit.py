@@ -13,6 +13,7 @@ forgives, which is fine for a delay.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from collections import deque
 
@@ -38,6 +39,8 @@ class AuthThrottle:
     def __init__(self, base_delay: float = 1.0):
         self.base_delay = base_delay
         self._failures: dict[str, deque[float]] = {}
+        # The mail services call from the event loop, the admin panel from its worker threads.
+        self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
         times = self._failures.get(key)
@@ -55,21 +58,24 @@ class AuthThrottle:
     def delay(self, ip: str, account: str, now: float | None = None) -> float:
         """How long to wait before checking this login attempt."""
         now = time.monotonic() if now is None else now
-        failures = max(len(self._recent(key, now)) for key in self._keys(ip, account))
+        with self._lock:
+            failures = max(len(self._recent(key, now)) for key in self._keys(ip, account))
         if failures < FREE_FAILURES:
             return 0.0
         return min(self.base_delay * 2 ** (failures - FREE_FAILURES), MAX_DELAY)
 
     def failure(self, ip: str, account: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        if len(self._failures) > _MAX_KEYS:
-            self._failures.clear()
-        for key in self._keys(ip, account):
-            times = self._recent(key, now)
-            times.append(now)
-            self._failures[key] = times
+        with self._lock:
+            if len(self._failures) > _MAX_KEYS:
+                self._failures.clear()
+            for key in self._keys(ip, account):
+                times = self._recent(key, now)
+                times.append(now)
+                self._failures[key] = times
 
     def success(self, ip: str, account: str) -> None:
         """A right password clears the account's record. Not the client's: an attacker
         holding one valid account must not be able to reset the counter it sprays under."""
-        self._failures.pop(f"user:{account}", None)
+        with self._lock:
+            self._failures.pop(f"user:{account}", None)
