@@ -445,6 +445,90 @@ class WebSection:
         _string)
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f'must be a list of addresses or networks such as ["192.0.2.0/24"], '
+                         f"got {value!r}")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(_string(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(out)
+
+
+def _optional_http_url(value: Any) -> str:
+    value = _string(value)
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSection:
+    spf: bool = option(True, "Check SPF (RFC 7208) of the MAIL FROM and HELO names.", _bool)
+    dkim: bool = option(True, "Verify every DKIM signature (RFC 6376, RSA and Ed25519).", _bool)
+    dmarc: bool = option(True, "Apply the sender domain's DMARC policy (RFC 7489).", _bool)
+    arc: bool = option(
+        True, "Verify ARC chains (RFC 8617) and seal mail forwarded to external aliases.", _bool)
+    dmarc_reject: str = option(
+        "reject", "What to do with mail failing DMARC when its domain says p=reject: reject "
+        "(550 5.7.1 at the end of DATA) or junk (deliver into the Junk folder).",
+        _choice("reject", "junk"))
+
+
+@dataclass(frozen=True, slots=True)
+class SpamSection:
+    rspamd_url: str = option(
+        "", "rspamd's controller/normal worker URL (e.g. http://127.0.0.1:11333) to score "
+        "every inbound message; empty = no rspamd.", _optional_http_url)
+    rspamd_password: str = option("", "rspamd controller password, for training.", _string)
+    junk_score: float = option(6.0, "rspamd score from which mail is filed into Junk.",
+                               _non_negative_float)
+    reject_score: float = option(15.0, "rspamd score from which mail is refused (550 5.7.1).",
+                                 _non_negative_float)
+    learn: bool = option(
+        True, "Teach rspamd when a user moves mail into Junk (spam) or out of it (ham).", _bool)
+    dnsbl_zones: tuple[str, ...] = option(
+        (), 'DNS blocklists to check the connecting IP against, e.g. ["zen.spamhaus.org"]; a '
+        "listed client is refused. Empty = off.", _name_list)
+    greylisting: bool = option(
+        False, "Answer a new (client network, sender, recipient) with 451 4.7.1 once; real "
+        "servers retry, most spam software does not.", _bool)
+    greylist_delay: float = option(
+        300.0, "Seconds before a greylisted triple is accepted on retry.", _positive_float)
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseSection:
+    ban_after: int = option(
+        10, "Failed logins (any service) from one IP (IPv6: its /64) within 15 minutes that "
+        "get it banned; 0 = never ban (the growing delay still applies).", _int_range(0))
+    ban_time: float = option(3600.0, "Seconds a ban lasts.", _positive_float)
+    allow: tuple[str, ...] = option(
+        ("127.0.0.0/8", "::1/128"), "Addresses and networks never banned or rate-limited.",
+        _networks)
+    fail2ban_log: str = option(
+        "", "Also write one line per failed login and ban to this file, in a format fail2ban's "
+        "filter (docs/security.md) matches; empty = only the normal log.", _string)
+    max_connections_per_ip: int = option(
+        20, "Connections one IP may have open at once on each mail service.", _int_range(1))
+    connection_rate_per_ip: int = option(
+        60, "New connections one IP may open per minute on each mail service.", _int_range(1))
+    max_messages_per_hour: int = option(
+        500, "Messages one signed-in user may send per hour (submission).", _int_range(1))
+    max_recipients_per_hour: int = option(
+        1000, "Recipients one signed-in user may send to per hour (submission).", _int_range(1))
+
+
 @dataclass(frozen=True, slots=True)
 class DKIMSection:
     ed25519: bool = option(
@@ -489,6 +573,9 @@ SECTIONS: dict[str, type] = {
     "dkim": DKIMSection,
     "acme": ACMESection,
     "web": WebSection,
+    "inbound": InboundSection,
+    "spam": SpamSection,
+    "abuse": AbuseSection,
     "accounts": AccountsSection,
     "log": LogSection,
 }
@@ -509,6 +596,9 @@ class Config:
     dkim: DKIMSection
     acme: ACMESection
     web: WebSection
+    inbound: InboundSection
+    spam: SpamSection
+    abuse: AbuseSection
     accounts: AccountsSection
     log: LogSection
 
