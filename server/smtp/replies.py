@@ -51,6 +51,12 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+# server/abuse: a client banned for failed logins, or opening connections too fast.
+BANNED = Reply(421, "4.7.0", "Too many failed logins from your address, try again later")
+CONNECTION_RATE = Reply(421, "4.7.0", "Too many connections per minute, try again later")
+# Per signed-in user and hour (submission): a stolen password must not become a spam cannon.
+MESSAGE_RATE = Reply(451, "4.7.1", "Hourly sending limit reached, try again later")
+RECIPIENT_RATE = Reply(452, "4.5.3", "Hourly recipient limit reached, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
