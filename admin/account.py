@@ -5,7 +5,6 @@ Only ever the signed-in user's data: no view here takes an address from the requ
 
 from __future__ import annotations
 
-import io
 import time
 
 import segno
@@ -73,9 +72,9 @@ def totp_begin():
     secret = accounts().totp_begin(me.address)
     session["totp_secret"] = secret
     uri = accounts().totp_uri(me.address, secret, config().web.totp_issuer)
-    buf = io.StringIO()
-    segno.make(uri, error="m").save(buf, kind="svg", scale=4, xmldecl=False, svgns=True)
-    return _page(totp_secret=secret, totp_qr=buf.getvalue(), totp_uri=uri)
+    # svg_inline: segno writes SVG as bytes, so a text buffer fails; this returns a str.
+    qr = segno.make(uri, error="m").svg_inline(scale=4)
+    return _page(totp_secret=secret, totp_qr=qr, totp_uri=uri)
 
 
 @bp.post("/totp/enable")

@@ -21,7 +21,7 @@ def index():
 @bp.post("/add")
 @form_action("aliases.index")
 def add():
-    local = request.form.get("local", "").strip()
+    local = field("local", required=False, max_length=64)
     domain = field("domain", max_length=253)
     # An empty local part (or "*") is the catch-all of the domain.
     source = f"@{domain}" if local in ("", "*") else f"{local}@{domain}"

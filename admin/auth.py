@@ -25,6 +25,7 @@ from flask import (
 )
 
 from admin.common import accounts, config, services
+from server.addresses import AddressError, parse_address
 from server.authlimit import AuthThrottle, client_key
 
 bp = Blueprint("auth", __name__)
@@ -82,6 +83,15 @@ def _client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def _account_key(address: str) -> str:
+    """The throttle's key for an account: its normalised address, so that spelling it
+    differently ("User"@Example.test., say) does not buy a fresh count of free guesses."""
+    try:
+        return parse_address(address).key
+    except AddressError:
+        return address.lower()
+
+
 def _authenticate(address: str, password: str):
     return accounts().authenticate(address, password, app_passwords=False)
 
@@ -115,23 +125,26 @@ def login():
         return render_template("login.html")
     address = request.form.get("address", "").strip()[:320]
     password = request.form.get("password", "")
-    ip, cooldown = _client_ip(), _cooldown()
-    wait = cooldown.wait(ip, address.lower())
+    ip, cooldown, key = _client_ip(), _cooldown(), _account_key(address)
+    wait = cooldown.wait(ip, key)
     if wait > 0:
         return _too_many(wait, "login.html", address=address)
     user = _authenticate(address, password) if address and password else None
     if user is None:
-        cooldown.failure(ip, address.lower())
+        cooldown.failure(ip, key)
         return render_template("login.html", address=address,
                                error="Wrong address or password."), 401
-    cooldown.success(ip, address.lower())
     if _totp_enabled(user.address):
+        # The account's failures are forgiven only once the code is right too: were the
+        # password enough, whoever has it could sign in again before each guess of the code
+        # and, from many addresses, guess codes without ever slowing down.
         next_target = session.get("next")
         session.clear()
         session["pending"] = {"user": user.address, "at": time.time()}
         if next_target:
             session["next"] = next_target
         return redirect(url_for("auth.second_factor"))
+    cooldown.success(ip, key)
     return _finish_login(user.address)
 
 
@@ -144,14 +157,15 @@ def second_factor():
     if request.method == "GET":
         return render_template("second_factor.html")
     address, ip, cooldown = pending["user"], _client_ip(), _cooldown()
-    wait = cooldown.wait(ip, address)
+    key = _account_key(address)
+    wait = cooldown.wait(ip, key)
     if wait > 0:
         return _too_many(wait, "second_factor.html")
     code = request.form.get("code", "").strip().replace(" ", "")[:64]
     if not code or not accounts().verify_second_factor(address, code):
-        cooldown.failure(ip, address)
+        cooldown.failure(ip, key)
         return render_template("second_factor.html", error="That code is not right."), 401
-    cooldown.success(ip, address)
+    cooldown.success(ip, key)
     return _finish_login(address)
 
 

@@ -26,13 +26,30 @@ def usage_of(u) -> int | None:
         return None
 
 
+def size_input(n: int) -> str:
+    """A quota as the settings form shows it: exact, since saving the form for another change
+    sends it back (format_size rounds: 1500M would come back as 1.5G, i.e. 1536M)."""
+    for unit, scale in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def _is_me(address: str) -> bool:
+    """Is ``address`` the signed-in admin's own mailbox, however it is spelt? The store
+    normalises ("Admin"@example.com. is admin@example.com), so comparing strings would let
+    an admin lock themselves out through a differently spelt URL."""
+    target = accounts().get_user(address)
+    return target is not None and target.id == user().id
+
+
 @bp.get("/")
 def index():
     store = accounts()
     users = store.list_users()
     return render_template("mailboxes.html", users=users, domains=store.list_domains(),
                            usage={u.address: usage_of(u) for u in users},
-                           format_size=format_size)
+                           format_size=format_size, size_input=size_input)
 
 
 @bp.post("/add")
@@ -63,7 +80,7 @@ def password(address: str):
 def settings(address: str):
     admin = bool(request.form.get("admin"))
     disabled = bool(request.form.get("disabled"))
-    if address.lower() == user().address.lower() and (not admin or disabled):
+    if (not admin or disabled) and _is_me(address):
         raise FormError("You cannot remove your own admin rights or disable yourself.")
     accounts().update_user(address, admin=admin, disabled=disabled,
                            quota_bytes=parse_size(request.form.get("quota") or "0"))
@@ -73,7 +90,7 @@ def settings(address: str):
 @bp.post("/<address>/delete")
 @form_action("mailboxes.index")
 def delete(address: str):
-    if address.lower() == user().address.lower():
+    if _is_me(address):
         raise FormError("You cannot delete your own mailbox here.")
     aside = accounts().delete_user(address)
     return done(f"Deleted {address}; its mail was kept in {aside}." if aside

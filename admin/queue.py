@@ -25,7 +25,7 @@ def index():
 def show(qid: str):
     try:
         msg = _spool().get(check_id(qid))
-    except (ValueError, OSError):
+    except (KeyError, ValueError, OSError):  # gone (delivered meanwhile), malformed, unreadable
         abort(404)
     return render_template("queue_show.html", msg=msg)
 

@@ -62,7 +62,11 @@ def autoconfig():
     domain = _domain_for(email)
     if domain is None:
         abort(404)
-    return Response(autoconfig_xml(config(), domain, email), mimetype="application/xml")
+    try:
+        body = autoconfig_xml(config(), domain, email)
+    except ValueError:  # no incoming or no outgoing service is on: nothing to describe
+        abort(404)
+    return Response(body, mimetype="application/xml")
 
 
 @bp.route("/autodiscover/autodiscover.xml", methods=["POST"])
