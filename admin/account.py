@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 
 import segno
-from flask import Blueprint, Response, abort, render_template, request, session
+from flask import Blueprint, Response, abort, current_app, render_template, request, session
 
+from admin.auth import sessions
 from admin.common import FormError, accounts, config, done, field, form_action, format_size, user
 from admin.mailboxes import usage_of
 
@@ -25,6 +26,14 @@ def _page(**extra):
         tokens=store.list_api_tokens(me.address) if me.is_admin else [],
         totp=store.totp_enabled(me.address),
         recovery_left=store.recovery_codes_left(me.address), **extra)
+
+
+TOTP_SETUP_SECONDS = 600
+
+
+def _pending_totp() -> dict:
+    """Secrets shown in a QR code but not yet confirmed, by address (this process only)."""
+    return current_app.extensions["mailstead"].setdefault("pending_totp", {})
 
 
 @bp.get("/")
@@ -43,9 +52,10 @@ def password():
     if new != request.form.get("password2", ""):
         raise FormError("The two new passwords differ.")
     accounts().set_password(me.address, new)
-    # Every other session of this user ends (auth.py compares password_changed); this one
-    # is renewed so the owner stays signed in.
+    # Every other session of this user ends (auth.py compares password_changed, and their
+    # server-side records go); this one is renewed so the owner stays signed in.
     session["auth_at"] = time.time()
+    sessions().revoke_user(me.address, keep=session.get("sid"))
     return done("Password changed. Other sessions are signed out.", "account.index")
 
 
@@ -69,8 +79,11 @@ def revoke_app_password(pid: int):
 @form_action("account.index")
 def totp_begin():
     me = user()
+    if accounts().totp_enabled(me.address):
+        raise FormError("Two-factor sign-in is on; turn it off first to set up a new phone.")
     secret = accounts().totp_begin(me.address)
-    session["totp_secret"] = secret
+    # Kept on the server until confirmed: the session cookie is signed, not encrypted.
+    _pending_totp()[me.address] = (secret, time.time() + TOTP_SETUP_SECONDS)
     uri = accounts().totp_uri(me.address, secret, config().web.totp_issuer)
     # svg_inline: segno writes SVG as bytes, so a text buffer fails; this returns a str.
     qr = segno.make(uri, error="m").svg_inline(scale=4)
@@ -80,8 +93,8 @@ def totp_begin():
 @bp.post("/totp/enable")
 @form_action("account.index")
 def totp_enable():
-    secret = session.pop("totp_secret", None)
-    if not secret:
+    secret, expires = _pending_totp().pop(user().address, (None, 0))
+    if not secret or expires < time.time():
         raise FormError("Start the set-up again.")
     code = field("code", max_length=12).replace(" ", "")
     codes = accounts().totp_enable(user().address, secret, code)

@@ -36,6 +36,7 @@ PUBLIC_BLUEPRINTS = {"wellknown"}
 # Blueprints for admins only; the rest ("home", "account") serve any signed-in user.
 ADMIN_BLUEPRINTS = {"domains", "mailboxes", "aliases", "queue", "certificates", "dkim", "dns"}
 SECOND_FACTOR_SECONDS = 300  # between the password and the code
+SESSIONS_FILE = "admin-sessions.sqlite3"
 
 
 class Cooldown:
@@ -100,12 +101,28 @@ def _totp_enabled(address: str) -> bool:
     return bool(getattr(accounts(), "totp_enabled", lambda a: False)(address))
 
 
+def sessions():
+    """The server-side session records (admin/sessions.py), one store per app."""
+    ext = current_app.extensions["mailstead"]
+    if "sessions" not in ext:
+        from admin.sessions import SessionStore
+
+        ext["sessions"] = SessionStore(config().data_path(SESSIONS_FILE))
+    return ext["sessions"]
+
+
+def _max_idle() -> float:
+    return config().web.session_hours * 3600
+
+
 def _finish_login(address: str):
     target = session.get("next")
     session.clear()  # a fresh session: nothing from before the login carries over
     session.permanent = True
     session["user"] = address
     session["auth_at"] = time.time()
+    session["sid"] = sessions().create(address)
+    sessions().prune(_max_idle())
     if not (target and target.startswith("/") and not target.startswith("//")):
         target = url_for("home.index")
     return redirect(target)
@@ -161,6 +178,12 @@ def second_factor():
     wait = cooldown.wait(ip, key)
     if wait > 0:
         return _too_many(wait, "second_factor.html")
+    user = accounts().get_user(address)
+    if user is None or user.disabled or \
+            (getattr(user, "password_changed", 0) or 0) > pending["at"]:
+        # The password changed (or the mailbox went) between the two steps: start again.
+        session.pop("pending", None)
+        return redirect(url_for("auth.login"))
     code = request.form.get("code", "").strip().replace(" ", "")[:64]
     if not code or not accounts().verify_second_factor(address, code):
         cooldown.failure(ip, key)
@@ -171,6 +194,7 @@ def second_factor():
 
 @bp.post("/logout")
 def logout():
+    sessions().revoke(session.get("sid"))
     session.clear()
     return redirect(url_for("auth.login"))
 
@@ -181,9 +205,10 @@ def _load_user():
         return None
     user = accounts().get_user(address)
     changed = getattr(user, "password_changed", 0) or 0
-    if user is None or user.disabled or changed > session.get("auth_at", 0):
-        # Deleted, disabled, or the password changed since this login (a stolen session
-        # ends when the owner changes the password).
+    if user is None or user.disabled or changed > session.get("auth_at", 0) or \
+            not sessions().valid(session.get("sid"), address, _max_idle()):
+        # Deleted, disabled, the password changed since this login (a stolen session ends
+        # when the owner changes the password), or signed out / expired on the server.
         session.clear()
         return None
     return user

@@ -68,9 +68,13 @@ def parse_size(text: str) -> int:
     return int(value * scale)
 
 
+def format_quota(n: int) -> str:
+    return "unlimited" if not n else format_size(n)
+
+
 def format_size(n: int | None) -> str:
-    if not n:
-        return "unlimited" if n == 0 else "-"
+    if n is None:
+        return "-"
     for unit, scale in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}B".replace(".0 ", " ")

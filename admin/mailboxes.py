@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
+from admin.auth import sessions
 from admin.common import (
     FormError,
     accounts,
@@ -20,7 +21,11 @@ bp = Blueprint("mailboxes", __name__, url_prefix="/mailboxes")
 
 
 def usage_of(u) -> int | None:
+    """Bytes stored. Without a quota, deliveries do not keep ``maildirsize`` current (nothing
+    needs it), so the Maildir is counted afresh: a stat per message, fine for a page view."""
     try:
+        if not u.quota_bytes:
+            return quota.recalculate(u.maildir)[0]
         return quota.usage(u.maildir, u.quota_bytes)[0]
     except OSError:
         return None
@@ -71,6 +76,9 @@ def password(address: str):
     if not new:
         raise FormError("Type the new password.")
     accounts().set_password(address, new)
+    target = accounts().get_user(address)
+    if target is not None:
+        sessions().revoke_user(target.address)
     return done(f"New password set for {address}; its sessions are signed out.",
                 "mailboxes.index")
 

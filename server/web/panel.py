@@ -18,6 +18,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
+from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen, format_host_port
 
 log = logging.getLogger("mailstead.admin")
@@ -44,25 +45,54 @@ def bind(listen: Listen) -> list[socket.socket]:
     return socks
 
 
+class _AtLeastOneChunk:
+    """Hypercorn's WSGI wrapper (0.17-0.18) sends the status line with the first body chunk,
+    so a response without one — a 304 to a browser revalidating its cached stylesheet, a HEAD,
+    a 204 — reaches the client as a 500 (pgjones/hypercorn#331). An empty first chunk makes
+    it send the status; h11 writes nothing for it."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def __iter__(self):
+        sent = False
+        for chunk in self.body:
+            sent = True
+            yield chunk
+        if not sent:
+            yield b""
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
+
+
+def _status_always_sent(app):
+    def wsgi(environ, start_response):
+        return _AtLeastOneChunk(app(environ, start_response))
+    return wsgi
+
+
 class PanelListener:
     """Hypercorn's HTTP/1.1 connection handler (``TCPServer``) behind our own accept loop:
-    ours so that the listener has the same limits and shutdown as the others — connections per
-    IP and in all, a short TLS shutdown (asyncio waits 30 s for a client's close_notify by
-    default), and connections ended quietly when the server stops."""
+    ours so that the listener has the same limits and shutdown as the others — the abuse
+    guard's bans and per-IP limits, connections in all, a short TLS shutdown (asyncio waits
+    30 s for a client's close_notify by default), and connections ended quietly when the
+    server stops."""
 
     def __init__(self, name: str, listen: Listen, app, tls_context: ssl.SSLContext, *,
-                 max_connections: int = 500, max_connections_per_ip: int = 50):
+                 max_connections: int = 500, guard: Guard | None = None):
         self.name = name
+        self.guard = guard
         self.listen = listen
         self.wsgi = app
-        self.app = wrap_app(app, MAX_BODY, "wsgi")
+        self.app = wrap_app(_status_always_sent(app), MAX_BODY, "wsgi")
         self.tls_context = tls_context
         self.max_connections = max_connections
-        self.max_connections_per_ip = max_connections_per_ip
         self.hconfig = self._hypercorn_config()
         self.context = WorkerContext(None)
         self.connections: set[asyncio.Task] = set()
-        self.per_ip: dict[str, int] = {}
         self.servers: list[asyncio.Server] = []
 
     def _hypercorn_config(self) -> HypercornConfig:
@@ -90,14 +120,17 @@ class PanelListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
-        if len(self.connections) >= self.max_connections or \
-                self.per_ip.get(ip, 0) >= self.max_connections_per_ip:
+        if len(self.connections) >= self.max_connections:
             log.warning("%s: connection limit reached for [%s]", self.name, ip)
             writer.transport.abort()
             return
+        try:
+            slot = self.guard.admit(ip, self.name) if self.guard is not None else None
+        except Refused as refusal:
+            await _refuse(reader, writer, refusal)
+            return
         task = asyncio.current_task()
         self.connections.add(task)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         try:
             await TCPServer(self.app, asyncio.get_running_loop(), self.hconfig, self.context,
                             {}, reader, writer)
@@ -111,9 +144,8 @@ class PanelListener:
             log.exception("%s: unexpected error serving [%s]", self.name, ip)
         finally:
             self.connections.discard(task)
-            self.per_ip[ip] -= 1
-            if not self.per_ip[ip]:
-                del self.per_ip[ip]
+            if slot is not None:
+                slot.release()
 
     def update_config(self, config: Config) -> None:
         from admin import update_config
@@ -134,3 +166,27 @@ class PanelListener:
             task.cancel()
         if self.connections:
             await asyncio.wait(set(self.connections), timeout=1)
+
+
+_STATUS = {BANNED: b"403 Forbidden", RATE: b"429 Too Many Requests"}
+_TEXT = {BANNED: b"Too many failed logins from your address; try again later.\n",
+         RATE: b"Too many connections per minute; try again later.\n"}
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  refusal: Refused) -> None:
+    """An HTTP answer instead of a reset, so a person locked out of the panel sees why:
+    403 banned, 429 too many connections a minute, 503 too many at once."""
+    status = _STATUS.get(refusal.reason, b"503 Service Unavailable")
+    text = _TEXT.get(refusal.reason, b"Too many connections; try again later.\n")
+    writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                 b"Retry-After: %d\r\nConnection: close\r\n\r\n%s"
+                 % (status, len(text), refusal.retry_after, text))
+    try:
+        # Read (and drop) what the client sent meanwhile, briefly: closing with unread data
+        # makes the kernel send a reset, which can destroy the answer before it is read.
+        await asyncio.wait_for(reader.read(16 * 1024), 1.0)
+        await asyncio.wait_for(writer.drain(), 1.0)
+    except (TimeoutError, OSError, ssl.SSLError):
+        pass
+    writer.close()

@@ -28,12 +28,6 @@ ADMIN = "admin@example.test"
 NEW_PASSWORD = "purple monkey dishwasher 42"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STYLED_BACKGROUND = "rgb(246, 247, 249)"  # --bg of admin/static/style.css on <html>
-HYPERCORN_304 = (
-    "panel bug: a conditional GET of /static/style.css (If-None-Match, answered 304 by Flask) "
-    "is a 500 from Hypercorn 0.18's WSGI wrapper, which sends http.response.start only with a "
-    "first body chunk and a 304 has none (UnexpectedMessageError ... ASGIHTTPState.REQUEST; "
-    "pgjones/hypercorn#331); every other page a browser shows comes out unstyled")
-
 
 @pytest.fixture(scope="module")
 def panel(tmp_path_factory, dns_server):
@@ -48,9 +42,9 @@ def panel(tmp_path_factory, dns_server):
 def browser(panel, tmp_path_factory):
     log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
     with launch(f"https://127.0.0.1:{panel.ports['admin']}", log_path=log) as b:
-        # Without the cache, every page fetches style.css afresh: while the 304 bug stands
-        # (test_stylesheet_on_repeat_visits) the screenshots still show the styled pages.
-        b.use_cache(False)
+        # With its cache on, as a user's browser: stylesheets are revalidated (304), which
+        # Hypercorn's WSGI wrapper once turned into 500s (test_stylesheet_on_repeat_visits).
+        b.use_cache(True)
         yield b
 
 
@@ -205,10 +199,6 @@ def test_dns_page_checks_against_dns(signed_in, panel, dns_server):
     shoot(b, "dns")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "panel design bug: after 'Check against DNS now' the 'In DNS now' column is ~3500 px wide "
-    "(the fix text for the DKIM TXT record, div.hint.fix, is one unbreakable line); the Name "
-    "and Value columns are squeezed to ~60 px, breaking every 5 characters"))
 def test_dns_check_fits_the_screen(signed_in):
     b = signed_in
     b.get("/dns/example.test?check=1")
@@ -216,11 +206,6 @@ def test_dns_check_fits_the_screen(signed_in):
     assert overflow == 0, f"the DNS check page is {overflow} px wider than the window"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mailbox usage stays 'unlimited' after mail arrives: the page shows format_size(0) as "
-    "'unlimited' (admin/common.py), and an MX delivery to a mailbox without a quota does not "
-    "update the maildirsize the panel wrote when the mailbox was empty (server/smtp/commit.py "
-    "passes no quota root), so maildir.quota.usage keeps answering 0"))
 def test_usage_shown_after_delivery(signed_in, panel):
     b = signed_in
     assert len(panel.messages("carol@example.test")) == 2  # from the tests above
@@ -253,10 +238,7 @@ def test_app_password_is_shown_once_and_logs_in_over_imap(signed_in, panel):
 
 
 @pytest.mark.parametrize("page", [
-    pytest.param("mailboxes", marks=pytest.mark.xfail(strict=True, reason=(
-        "panel design bug: the mailboxes table (a settings and a password form in each row) "
-        "is ~560 px wide on a 390 px phone; the page scrolls sideways and the header ends "
-        "at 390 px"))),
+    "mailboxes",
     "account",
 ])
 def test_phone_layout(signed_in, page):
@@ -271,7 +253,6 @@ def test_phone_layout(signed_in, page):
     assert overflow == 0, f"/{page}/ is {overflow} px wider than a {PHONE[0]} px phone"
 
 
-@pytest.mark.xfail(strict=True, reason=HYPERCORN_304)
 def test_stylesheet_on_repeat_visits(signed_in, panel):
     """A browser with its cache revalidates style.css on each page: 304 must work."""
     b = signed_in
@@ -283,7 +264,7 @@ def test_stylesheet_on_repeat_visits(signed_in, panel):
             if not styled(b):
                 unstyled.append(path)
     finally:
-        b.use_cache(False)
+        b.use_cache(True)
     errors = [line for line in panel.log().splitlines() if "/static/" in line and '" 500 ' in line]
     assert not unstyled and not errors, f"unstyled: {unstyled}\n" + "\n".join(errors)
 
