@@ -445,6 +445,99 @@ def cmd_tls_renew(args) -> int:
     return 0
 
 
+# --- backup and restore ---
+
+PASSPHRASE_ENV = "MAILSTEAD_BACKUP_PASSPHRASE"
+
+
+def _passphrase(args) -> bytes:
+    """From --passphrase-file or the environment: never the command line (ps shows it)."""
+    if args.passphrase_file:
+        try:
+            data = Path(args.passphrase_file).read_bytes()
+        except OSError as err:
+            raise CLIError(f"cannot read {args.passphrase_file}: {err.strerror}") from None
+        data = data.removesuffix(b"\n").removesuffix(b"\r")
+    else:
+        data = os.environb.get(PASSPHRASE_ENV.encode(), b"")
+    if not data:
+        raise CLIError(f"no passphrase: give --passphrase-file FILE or set {PASSPHRASE_ENV}")
+    return data
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def cmd_backup(args) -> int:
+    from server.restore import ArchiveError, verify
+
+    if args.verify:
+        if args.dest:
+            raise CLIError("give either DEST or --verify ARCHIVE, not both")
+        try:
+            result = verify(args.verify, lambda: _passphrase(args))
+        except ArchiveError as err:
+            raise CLIError(f"{args.verify}: FAILED: {err}") from None
+        m = result.manifest
+        print(f"{args.verify}: ok: {result.files} files, {_mb(result.bytes)}"
+              f"{', encrypted' if result.encrypted else ''}; made {m.get('created')} "
+              f"on {m.get('hostname')}")
+        return 0
+    if not args.dest:
+        raise CLIError("give DEST (a directory, a file or -) or --verify ARCHIVE")
+    if args.passphrase_file and not args.encrypt:
+        raise CLIError("--passphrase-file is for --encrypt (and for reading encrypted backups)")
+    from server.backup import BackupError, backup
+
+    passphrase = _passphrase(args) if args.encrypt else None
+    try:
+        result = backup(_config(args), args.dest, passphrase)
+    except (BackupError, OSError) as err:
+        raise CLIError(f"backup failed: {err}") from None
+    out = sys.stderr if result.path == "-" else sys.stdout
+    for path, reason in result.skipped:
+        print(f"  not backed up: {path} ({reason})", file=out)
+    size = f" ({_mb(result.archive_bytes)})" if result.path != "-" else ""
+    print(f"backed up {result.files} files, {_mb(result.data_bytes)}, to {result.path}{size}"
+          f"{', encrypted' if result.encrypted else ''} in {result.seconds:.1f} s", file=out)
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from server.restore import ArchiveError, RestoreError, restore
+
+    target = Path(args.data_dir).absolute()
+    try:
+        result = restore(args.archive, target, lambda: _passphrase(args),
+                         Path(args.config_out) if args.config_out else None)
+    except RestoreError as err:
+        raise CLIError(str(err)) from None
+    except ArchiveError as err:
+        raise CLIError(f"{args.archive}: FAILED, nothing restored: {err}") from None
+    except OSError as err:
+        raise CLIError(f"restore failed, nothing restored: {err}") from None
+    m = result.manifest
+    print(f"restored {result.files} files, {_mb(result.bytes)}, into {target}")
+    print(f"  backup of {m.get('hostname')} ({m.get('data_dir')}) made {m.get('created')}")
+    print(f"  config:  {result.config_path} ([server] data_dir = {target})")
+    for item in m.get("skipped", []):
+        print(f"  was not in the backup: {item['path']} ({item['reason']})")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    cfg = result.config_path
+    print("next:")
+    if os.geteuid() == 0:
+        print(f"  chown -R mailstead:mailstead {target}")
+        print("      (as root you own every file now: give them to the service's user)")
+    print(f"  mailstead -c {cfg} config check")
+    print("      (the [listen] addresses and TLS files are as they were on the old server)")
+    print(f"  mailstead -c {cfg} run     (or: systemctl start mailstead)")
+    print("IMAP indexes are rebuilt on first use with the same UIDs: mail apps keep their "
+          "caches.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailstead", description="A personal mail server.")
     p.add_argument("-c", "--config", help=f"config file (default $MAILSTEAD_CONFIG or "
@@ -548,6 +641,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="look the records up; exit status 1 if one mail needs is wrong")
     dmode.add_argument("--zone", action="store_true", help="print a BIND zone-file fragment")
     dnsp.set_defaults(func=cmd_dns)
+
+    bk = sub.add_parser("backup", help="archive the running instance (or --verify one)",
+                        description="Write a consistent snapshot of the data dir and config "
+                        "to DEST (a directory: a timestamped file is made in it; a file; "
+                        "or - for stdout) while the server runs.")
+    bk.add_argument("dest", nargs="?", metavar="DEST")
+    bk.add_argument("--verify", metavar="ARCHIVE",
+                    help="check an archive instead: every checksum and database")
+    bk.add_argument("--encrypt", action="store_true",
+                    help=f"encrypt with a passphrase (--passphrase-file or ${PASSPHRASE_ENV})")
+    bk.add_argument("--passphrase-file", metavar="FILE")
+    bk.set_defaults(func=cmd_backup)
+
+    rs = sub.add_parser("restore", help="restore an archive into a new data dir")
+    rs.add_argument("archive", metavar="ARCHIVE", help="the backup file, or - for stdin")
+    rs.add_argument("--data-dir", required=True, help="new or empty directory")
+    rs.add_argument("--config-out", metavar="PATH",
+                    help="write the config here (default: DATA_DIR/mailstead.toml)")
+    rs.add_argument("--passphrase-file", metavar="FILE",
+                    help=f"for an encrypted archive (or set ${PASSPHRASE_ENV})")
+    rs.set_defaults(func=cmd_restore)
 
     dkim = sub.add_parser("dkim", help="DKIM signing keys")
     ksub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
