@@ -34,7 +34,10 @@ class Reply(Exception):
 
     def line(self) -> bytes:
         code = f"[{self.code}] " if self.code else ""
-        return f"-ERR {code}{self.text}\r\n".encode()
+        # The text may quote the client (an unknown command's name): a CR or LF from it would
+        # end our line early and let the client write a reply of its choosing.
+        text = "".join(c if c.isprintable() else "?" for c in self.text)
+        return f"-ERR {code}{text}\r\n".encode()
 
 
 def ok(text: str = "") -> bytes:
