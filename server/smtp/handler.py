@@ -7,7 +7,7 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
-from maildir import Delivery, quota
+from maildir import Delivery, folder_path, quota
 from server import accounts as acc
 from server.addresses import Address, AddressError, parse_address
 from server.config import Config
@@ -178,13 +178,16 @@ class BaseHandler:
                               recipient=recipient, tls_info=tls_info)
 
     @staticmethod
-    def local_deliveries(envelope, heads: dict[str, bytes], body: bytes) -> tuple[list, list]:
+    def local_deliveries(envelope, heads: dict[str, bytes], body: bytes,
+                         folder: str | None = None) -> tuple[list, list]:
         """One Delivery per mailbox: Return-Path, Delivered-To, ``heads[rcpt]``, then ``body``;
-        and the quota roots to count them against."""
+        and the quota roots to count them against. ``folder`` (say "Junk") instead of the
+        INBOX; the quota root stays the mailbox (Maildir++ counts every folder)."""
         deliveries, roots = [], []
         for user, rcpt in envelope.mailboxes.values():
             trace_head = trace.return_path(envelope.sender) + trace.delivered_to(user.address)
-            deliveries.append(Delivery(user.maildir, (trace_head + heads[rcpt], body)))
+            target = folder_path(user.maildir, folder) if folder else user.maildir
+            deliveries.append(Delivery(target, (trace_head + heads[rcpt], body)))
             roots.append(user.maildir if user.quota_bytes else None)
         return deliveries, roots
 

@@ -60,6 +60,10 @@ RECIPIENT_RATE = Reply(452, "4.5.3", "Hourly recipient limit reached, try again 
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
+# RFC 3463 §3.5 X.4.3 "Directory server failure": DNS. RFC 7489 §6.6.3: a DMARC verdict
+# needing a lookup that failed is retried rather than guessed (server/inbound/verdict.py).
+DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure checking the sender's domain, "
+                                   "try again later")
 # RFC 5321 §4.5.3.1.10: 452 tells the client to send the remaining recipients in a new transaction.
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
@@ -80,6 +84,8 @@ BARE_LINE_END = Reply(
     550, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 §2.3.8)"
 )
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops, mail loop suspected")
+# RFC 7489 §10.3: refused at the end of DATA; the text names the domain and why it failed.
+DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the sender domain's DMARC policy (p=reject)")
 
 # aiosmtpd writes some replies itself, without enhanced codes; ``add_enhanced_code`` adds the
 # class-appropriate one by reply code (RFC 3463 §3.5 for the 5.5.x protocol family).
