@@ -54,7 +54,7 @@ class Cooldown:
 
     def failure(self, ip: str, account: str) -> None:
         with self.lock:
-            self.throttle.failure(ip, account)
+            self.throttle.failure(ip, account, service="admin")
             pause = self.throttle.delay(ip, account)
             if len(self.until) > 100_000:
                 self.until.clear()
@@ -217,6 +217,11 @@ def _load_user():
 def install(app: Flask) -> None:
     @app.before_request
     def gate():
+        # The listener refuses a banned client's new connections; this ends its keep-alive
+        # ones too, for every page and the API.
+        guard = getattr(services().throttle, "guard", None)
+        if guard is not None and guard.is_banned(_client_ip()):
+            abort(403)
         g.user = _load_user()
         endpoint = request.endpoint or ""
         if endpoint in PUBLIC or request.blueprint in PUBLIC_BLUEPRINTS:

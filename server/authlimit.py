@@ -1,13 +1,14 @@
 """Slowing down password guessing: failed logins per client network and per account.
 
-Used by every service that takes a password (submission now; IMAP, POP3 and the admin panel
-later). After ``FREE_FAILURES`` failures within ``WINDOW`` seconds, by one client (an IPv4
-address or an IPv6 /64, what one customer typically gets) or against one account, every further
-login attempt waits before its password is even checked, the wait doubling up to ``MAX_DELAY``.
+Used by every service that takes a password: submission, IMAP, POP3 and the admin panel. After
+``FREE_FAILURES`` failures within ``WINDOW`` seconds, by one client (an IPv4 address or an IPv6
+/64, what one customer typically gets) or against one account, every further login attempt
+waits before its password is even checked, the wait doubling up to ``MAX_DELAY``.
 Waiting *before* checking matters: if only failures were slowed, a guesser could hang up as soon
 as no quick success came and try again at full speed. Both keys matter: one client trying many
 accounts (spraying), many clients trying one account (a botnet). In memory only: a restart
-forgives, which is fine for a delay.
+forgives, which is fine for a delay. Each failure is also reported to the ``guard``
+(``server.abuse.Guard``), which logs it for fail2ban and bans a client that keeps failing.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def client_key(ip: str) -> str:
 
 
 class AuthThrottle:
-    def __init__(self, base_delay: float = 1.0):
+    def __init__(self, base_delay: float = 1.0, guard=None):
         self.base_delay = base_delay
+        self.guard = guard  # server.abuse.Guard, or None (a test app, a CLI tool)
         self._failures: dict[str, deque[float]] = {}
         # The mail services call from the event loop, the admin panel from its worker threads.
         self._lock = threading.Lock()
@@ -55,6 +57,11 @@ class AuthThrottle:
     def _keys(self, ip: str, account: str) -> tuple[str, str]:
         return client_key(ip), f"user:{account}"
 
+    def banned(self, ip: str) -> bool:
+        """Whether the guard has banned ``ip``: asked before each login, so that a client
+        banned meanwhile gets no more guesses on the connections it already holds."""
+        return self.guard is not None and self.guard.is_banned(ip)
+
     def delay(self, ip: str, account: str, now: float | None = None) -> float:
         """How long to wait before checking this login attempt."""
         now = time.monotonic() if now is None else now
@@ -64,7 +71,8 @@ class AuthThrottle:
             return 0.0
         return min(self.base_delay * 2 ** (failures - FREE_FAILURES), MAX_DELAY)
 
-    def failure(self, ip: str, account: str, now: float | None = None) -> None:
+    def failure(self, ip: str, account: str, now: float | None = None, *,
+                service: str = "unknown", conn_id: str = "-") -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
             if len(self._failures) > _MAX_KEYS:
@@ -73,6 +81,8 @@ class AuthThrottle:
                 times = self._recent(key, now)
                 times.append(now)
                 self._failures[key] = times
+        if self.guard is not None:
+            self.guard.auth_failure(ip, account, service, conn_id)
 
     def success(self, ip: str, account: str) -> None:
         """A right password clears the account's record. Not the client's: an attacker

@@ -339,9 +339,6 @@ class IMAPSection:
         _int_range(1, 100000))
     login_timeout: float = option(
         60.0, "Seconds a connection may take to log in before it is closed.", _positive_float)
-    max_connections_per_ip: int = option(
-        50, "Simultaneous IMAP connections from one IP address per listener.",
-        _int_range(1, 100000))
     max_connections_per_user: int = option(
         50, "Simultaneous logged-in IMAP sessions per user (a phone, a laptop and a tablet "
         "each open several).", _int_range(1, 10000))
@@ -356,9 +353,6 @@ class POP3Section:
         60.0, "Seconds a connection may take to log in before it is closed.", _positive_float)
     max_connections: int = option(
         500, "Simultaneous POP3 connections per listener.", _int_range(1, 100000))
-    max_connections_per_ip: int = option(
-        20, "Simultaneous POP3 connections from one IP address per listener.",
-        _int_range(1, 100000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,23 +504,34 @@ class SpamSection:
 @dataclass(frozen=True, slots=True)
 class AbuseSection:
     ban_after: int = option(
-        10, "Failed logins (any service) from one IP (IPv6: its /64) within 15 minutes that "
-        "get it banned; 0 = never ban (the growing delay still applies).", _int_range(0))
-    ban_time: float = option(3600.0, "Seconds a ban lasts.", _positive_float)
+        10, "Failed logins (submission, IMAP, POP3, admin panel and API) from one IP (IPv6: "
+        "its /64) within 15 minutes that get it banned from every service; 0 = never ban "
+        "(the growing login delay still applies).", _int_range(0))
+    ban_time: float = option(
+        3600.0, "Seconds a ban lasts. Bans are kept in abuse-bans.json in the data dir, so "
+        "a restart does not lift them.", _positive_float)
     allow: tuple[str, ...] = option(
-        ("127.0.0.0/8", "::1/128"), "Addresses and networks never banned or rate-limited.",
+        ("127.0.0.0/8", "::1/128"), "Addresses and networks never banned nor held to the "
+        "per-IP connection limits (the login delay still applies), e.g. your home network.",
         _networks)
     fail2ban_log: str = option(
-        "", "Also write one line per failed login and ban to this file, in a format fail2ban's "
-        "filter (docs/security.md) matches; empty = only the normal log.", _string)
+        "", "Also write one line per failed login and per ban to this file (relative: in "
+        "the data dir), in the format the shipped fail2ban filter matches (docs/security.md); "
+        "empty = only the normal log, which the filter matches too.", _string)
     max_connections_per_ip: int = option(
-        20, "Connections one IP may have open at once on each mail service.", _int_range(1))
+        50, "Connections one IP (IPv6: its /64) may have open at once on each service (mx, "
+        "submission, submissions, imap, imaps, pop3, pop3s, admin); more are refused with a "
+        "temporary error. Mail apps open several IMAP connections per account and device.",
+        _int_range(1, 100000))
     connection_rate_per_ip: int = option(
-        60, "New connections one IP may open per minute on each mail service.", _int_range(1))
+        60, "New connections one IP (IPv6: its /64) may open per minute on each service; "
+        "more are refused with a temporary error.", _int_range(1))
     max_messages_per_hour: int = option(
-        500, "Messages one signed-in user may send per hour (submission).", _int_range(1))
+        500, "Messages one signed-in user may send per hour (submission; sliding window); "
+        "more get 451 4.7.1 at MAIL FROM.", _int_range(1))
     max_recipients_per_hour: int = option(
-        1000, "Recipients one signed-in user may send to per hour (submission).", _int_range(1))
+        1000, "Recipients one signed-in user may send to per hour (submission; sliding "
+        "window); more get 452 4.5.3 at RCPT TO.", _int_range(1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from maildir import cleanup_tmp, folder_path, list_folders
 from server import dkimkeys
+from server.abuse import Guard
 from server.accounts import AccountStore
 from server.acme.manager import CertificateManager, tls_files
 from server.acme.responder import ChallengeResponder
@@ -94,14 +95,17 @@ class Daemon:
         self.signer = DKIMSigner(config.dkim_dir, ed25519=config.dkim.ed25519)
         self.mtasts = self._mtasts(config)
         # One throttle for every service that takes a password: a guesser gains nothing by
-        # switching from submission to IMAP.
-        self.throttle = AuthThrottle(config.accounts.auth_failure_delay)
+        # switching from submission to IMAP. Its failures feed the guard: bans (kept in the
+        # data dir), the fail2ban log, and the per-IP connection limits every listener asks.
+        self.guard = Guard(config.abuse, config.server.data_dir)
+        self.throttle = AuthThrottle(config.accounts.auth_failure_delay, self.guard)
         self.hub = ChangeHub()
         self.queue = OutboundQueue(config, self.accounts, self.spool, self.executor,
                                    self.mtasts, self.signer, on_delivered=self.delivered)
-        self.imap = IMAPContext(config, self.accounts, self.throttle, self.executor, self.hub)
+        self.imap = IMAPContext(config, self.accounts, self.throttle, self.executor, self.hub,
+                                self.guard)
         self.pop3 = POP3Context(config, self.accounts, self.throttle, self.executor, self.imap,
-                                self.hub)
+                                self.hub, self.guard)
         # tls-alpn-01 answers are switched in by SNI on the one context every listener shares;
         # http-01 tokens are served by the http listener.
         self.responder = ChallengeResponder()
@@ -158,7 +162,7 @@ class Daemon:
         mx = MXHandler(*common)
         submission = SubmissionHandler(
             *common, signer=self.signer,
-            throttle=self.throttle)
+            throttle=self.throttle, guard=self.guard)
         self.handlers = [mx, submission]
         for name, addr in self.config.listeners().items():
             if name not in IMPLEMENTED:
@@ -172,7 +176,8 @@ class Daemon:
                 self.listeners.append(WebListener(name, addr, self.web, None))
                 continue
             if name == "admin":
-                self.listeners.append(PanelListener(name, addr, self.panel_app(), self.tls))
+                self.listeners.append(PanelListener(name, addr, self.panel_app(), self.tls,
+                                                    guard=self.guard))
                 continue
             if name in ("pop3", "pop3s"):
                 self.listeners.append(POP3Listener(name, addr, self.pop3, self.tls,
@@ -181,7 +186,7 @@ class Daemon:
             handler = mx if name == "mx" else submission
             self.listeners.append(SMTPListener(
                 name, addr, handler, self.config, self.tls, submission=name != "mx",
-                implicit_tls=name == "submissions"))
+                implicit_tls=name == "submissions", guard=self.guard))
         for listener in self.listeners:
             try:
                 await listener.start()
@@ -211,6 +216,7 @@ class Daemon:
             obj.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay
+        self.guard.update_config(new.abuse)
         self.queue.mtasts = self.mtasts = self._mtasts(new)
         self.config = new
         logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))

@@ -1,6 +1,7 @@
 """The IMAP listeners (``imap``: STARTTLS; ``imaps``: implicit TLS, RFC 8314) and what all
-sessions of the process share: accounts, one login throttle, the per-user indexes, the change
-hub and a session count per user."""
+sessions of the process share: accounts, one login throttle, the abuse guard (bans and per-IP
+connection limits, asked before the greeting), the per-user indexes, the change hub and a
+session count per user."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import defaultdict
 from concurrent.futures import Executor
 
 from maildir.index import MailboxIndex
+from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen
 from server.imap.connection import Connection
 from server.imap.notify import ChangeHub
@@ -19,6 +21,13 @@ from server.imap.session import Session
 from server.smtp.protocol import new_conn_id
 
 log = logging.getLogger("mailstead.imap")
+
+
+_REFUSALS = {
+    BANNED: b"* BYE [UNAVAILABLE] Too many failed logins from your address, try again later\r\n",
+    RATE: b"* BYE [UNAVAILABLE] Too many connections per minute, try again later\r\n",
+    None: b"* BYE Too many connections, try again later\r\n",
+}
 
 
 class SessionCount:
@@ -42,9 +51,11 @@ class SessionCount:
 
 
 class IMAPContext:
-    def __init__(self, config: Config, accounts, throttle, executor: Executor, hub: ChangeHub):
+    def __init__(self, config: Config, accounts, throttle, executor: Executor, hub: ChangeHub,
+                 guard: Guard | None = None):
         self.accounts = accounts
         self.throttle = throttle
+        self.guard = guard
         self.executor = executor
         self.hub = hub
         self._indexes: dict[str, MailboxIndex] = {}
@@ -82,7 +93,6 @@ class IMAPListener:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.connections: set[asyncio.Task] = set()
-        self.per_ip: dict[str, int] = {}
         self.server: asyncio.Server | None = None
 
     def update_config(self, config: Config) -> None:
@@ -100,15 +110,20 @@ class IMAPListener:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
         config = self.ctx.config.imap
-        if len(self.connections) >= config.max_connections or \
-                self.per_ip.get(ip, 0) >= config.max_connections_per_ip:
+        if len(self.connections) >= config.max_connections:
             log.warning("conn=%s %s: connection limit reached for [%s]", conn_id, self.name, ip)
             writer.write(b"* BYE Too many connections, try again later\r\n")
             writer.close()
             return
+        try:
+            slot = self.ctx.guard.admit(ip, self.name, conn_id) if self.ctx.guard else None
+        except Refused as refusal:
+            # RFC 3501 §7.1.5: BYE as the greeting refuses the connection; RFC 5530 UNAVAILABLE.
+            writer.write(_REFUSALS.get(refusal.reason, _REFUSALS[None]))
+            writer.close()
+            return
         task = asyncio.current_task()
         self.connections.add(task)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         log.info("conn=%s %s connect from [%s]", conn_id, self.name, ip)
         session = Session(self.ctx, conn_id=conn_id, peer_ip=ip, tls=self.implicit_tls,
                           starttls_offered=not self.implicit_tls)
@@ -119,9 +134,8 @@ class IMAPListener:
                              login_timeout=config.login_timeout).run()
         finally:
             self.connections.discard(task)
-            self.per_ip[ip] -= 1
-            if not self.per_ip[ip]:
-                del self.per_ip[ip]
+            if slot is not None:
+                slot.release()
 
     def stop_accepting(self) -> None:
         if self.server is not None:

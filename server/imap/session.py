@@ -155,6 +155,9 @@ class Session(MailboxCommands, MessageCommands):
     async def do_login(self, cmd):
         if not self.tls:
             raise No("LOGIN is disabled until TLS is in use (STARTTLS)", "PRIVACYREQUIRED")
+        if self.ctx.throttle.banned(self.peer_ip):
+            yield self._banned()
+            return
         await self._login(cmd.args.user, cmd.args.password)
         yield _Code("CAPABILITY " + " ".join(self.capabilities()))
 
@@ -170,9 +173,18 @@ class Session(MailboxCommands, MessageCommands):
         parts = (initial or b"").split(b"\x00")
         if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
             raise Bad("Malformed PLAIN response")
+        if self.ctx.throttle.banned(self.peer_ip):
+            yield self._banned()
+            return
         await self._login(parts[1].decode("utf-8", "replace"),
                           parts[2].decode("utf-8", "replace"))
         yield _Code("CAPABILITY " + " ".join(self.capabilities()))
+
+    def _banned(self) -> bytes:
+        """Banned (server/abuse) since it connected: no more guesses; BYE ends the connection."""
+        self.state = LOGOUT
+        return responses.untagged("BYE [UNAVAILABLE] Too many failed logins from your address, "
+                                  "try again later")
 
     async def _login(self, name: str, password: str) -> None:
         try:
@@ -187,7 +199,7 @@ class Session(MailboxCommands, MessageCommands):
         user = await loop.run_in_executor(self.ctx.executor, self.ctx.accounts.authenticate,
                                           name, password)
         if user is None:
-            throttle.failure(self.peer_ip, account)
+            throttle.failure(self.peer_ip, account, service="imap", conn_id=self.conn_id)
             log.info("conn=%s login failed user=%r from [%s]", self.conn_id, name[:100],
                      self.peer_ip)
             raise No("Authentication failed", "AUTHENTICATIONFAILED")

@@ -1,7 +1,7 @@
 """POP3 listeners (``pop3``: STLS, RFC 2595; ``pop3s``: implicit TLS, RFC 8314) and the
 connection loop: line reading with a length limit, STLS with the clear-text pipeline dropped,
 AUTH continuations, the RFC 1939 §3 ten-minute timeout, and what all POP3 sessions share (the
-per-user maildrop lock)."""
+per-user maildrop lock, the abuse guard asked before the greeting)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import logging
 import ssl
 
+from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen
 from server.pop3.session import Reply, Session
 from server.smtp.protocol import new_conn_id
@@ -18,12 +19,20 @@ log = logging.getLogger("mailstead.pop3")
 # RFC 2449 §4: commands are at most 255 octets; generous, but bounded.
 MAX_LINE = 1024
 MAX_ERRORS = 20
+# RFC 3206 SYS/TEMP: a temporary condition; the client should try again later.
+_REFUSALS = {
+    BANNED: b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later\r\n",
+    RATE: b"-ERR [SYS/TEMP] Too many connections per minute, try again later\r\n",
+    None: b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+}
 
 
 class POP3Context:
-    def __init__(self, config: Config, accounts, throttle, executor, imap_ctx, hub):
+    def __init__(self, config: Config, accounts, throttle, executor, imap_ctx, hub,
+                 guard: Guard | None = None):
         self.accounts = accounts
         self.throttle = throttle
+        self.guard = guard
         self.executor = executor
         self.imap = imap_ctx  # for the shared per-user index
         self.hub = hub
@@ -61,7 +70,6 @@ class POP3Listener:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.connections: set[asyncio.Task] = set()
-        self.per_ip: dict[str, int] = {}
         self.server: asyncio.Server | None = None
 
     def update_config(self, config: Config) -> None:
@@ -89,14 +97,19 @@ class POP3Listener:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
         config = self.ctx.config.pop3
-        if len(self.connections) >= config.max_connections or \
-                self.per_ip.get(ip, 0) >= config.max_connections_per_ip:
-            writer.write(b"-ERR [SYS/TEMP] Too many connections, try again later\r\n")
+        if len(self.connections) >= config.max_connections:
+            log.warning("conn=%s %s: connection limit reached for [%s]", conn_id, self.name, ip)
+            writer.write(_REFUSALS[None])
+            writer.close()
+            return
+        try:
+            slot = self.ctx.guard.admit(ip, self.name, conn_id) if self.ctx.guard else None
+        except Refused as refusal:
+            writer.write(_REFUSALS.get(refusal.reason, _REFUSALS[None]))
             writer.close()
             return
         task = asyncio.current_task()
         self.connections.add(task)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         log.info("conn=%s %s connect from [%s]", conn_id, self.name, ip)
         session = Session(self.ctx, conn_id=conn_id, peer_ip=ip, tls=self.implicit_tls,
                           stls_offered=not self.implicit_tls)
@@ -104,9 +117,8 @@ class POP3Listener:
             await Connection(reader, writer, session, self.tls_context, config).run()
         finally:
             self.connections.discard(task)
-            self.per_ip[ip] -= 1
-            if not self.per_ip[ip]:
-                del self.per_ip[ip]
+            if slot is not None:
+                slot.release()
 
 
 class Connection:

@@ -158,6 +158,10 @@ class Session:
         except AddressError:
             account = name.lower()
         throttle = self.ctx.throttle
+        if throttle.banned(self.peer_ip):
+            # Banned (server/abuse) since it connected: no more guesses on this connection.
+            self.quit = True
+            raise Reply("Too many failed logins from your address, try again later", "SYS/TEMP")
         delay = throttle.delay(self.peer_ip, account)  # before the check: see authlimit
         if delay:
             await asyncio.sleep(delay)
@@ -165,7 +169,7 @@ class Session:
         user = await loop.run_in_executor(self.ctx.executor, self.ctx.accounts.authenticate,
                                           name, password)
         if user is None:
-            throttle.failure(self.peer_ip, account)
+            throttle.failure(self.peer_ip, account, service="pop3", conn_id=self.conn_id)
             log.info("conn=%s login failed user=%r from [%s]", self.conn_id, name[:100],
                      self.peer_ip)
             raise Reply("Authentication failed", "AUTH")

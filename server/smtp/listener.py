@@ -1,4 +1,5 @@
-"""One SMTP listening socket: makes a protocol per connection and shuts down gracefully."""
+"""One SMTP listening socket: admits or refuses each connection, makes a protocol per admitted
+one, and shuts down gracefully."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import logging
 import ssl
 import time
 
+from server.abuse import BANNED, RATE, Guard, Refused, Slot
 from server.config import Config, Listen
 from server.smtp import replies
-from server.smtp.protocol import SMTPProtocol
+from server.smtp.protocol import SMTPProtocol, new_conn_id
 
 log = logging.getLogger("mailstead.smtp")
 
@@ -19,8 +21,9 @@ IDENT = "ESMTP mailstead"
 class SMTPListener:
     def __init__(self, name: str, listen: Listen, handler, config: Config,
                  tls_context: ssl.SSLContext, *, submission: bool = False,
-                 implicit_tls: bool = False):
+                 implicit_tls: bool = False, guard: Guard | None = None):
         self.name = name
+        self.guard = guard
         self.listen = listen
         self.handler = handler
         self.config = config
@@ -34,10 +37,16 @@ class SMTPListener:
         self.config = config
 
     def _protocol(self) -> asyncio.Protocol:
-        smtp = self.config.smtp
-        if len(self.connections) >= smtp.max_connections:
+        if len(self.connections) >= self.config.smtp.max_connections:
             return _Refuse(self.name)
-        return SMTPProtocol(
+        if self.guard is None:
+            return self._smtp(None)
+        return _Gate(self)
+
+    def _smtp(self, slot: Slot | None) -> SMTPProtocol:
+        smtp = self.config.smtp
+        return _Connection(
+            slot,
             self.handler,
             max_errors=smtp.max_errors,
             registry=self.connections,
@@ -94,6 +103,45 @@ class SMTPListener:
             conn.close_with(replies.SHUTTING_DOWN)
         if self.server is not None:
             await self.server.wait_closed()
+
+
+class _Connection(SMTPProtocol):
+    """An admitted connection: gives its abuse-guard slot back when it ends."""
+
+    def __init__(self, slot: Slot | None, *args, **kwargs):
+        self.slot = slot
+        super().__init__(*args, **kwargs)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.slot is not None:
+            self.slot.release()
+        super().connection_lost(error)
+
+
+class _Gate(asyncio.Protocol):
+    """Asks the abuse guard about the client before any SMTP is spoken (the peer address is
+    only known once connected, after the protocol factory ran). Admitted: the transport is
+    handed to a new SMTP protocol, and this one is out of the picture. Refused: 421 (RFC 5321
+    §3.1: a server may refuse a connection with 421 instead of its greeting) and hang up."""
+
+    def __init__(self, listener: SMTPListener):
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        conn_id = new_conn_id()
+        try:
+            slot = self.listener.guard.admit(ip, self.listener.name, conn_id)
+        except Refused as refusal:
+            reply = {BANNED: replies.BANNED, RATE: replies.CONNECTION_RATE}.get(
+                refusal.reason, replies.TOO_MANY_CONNECTIONS)
+            transport.write(f"{reply}\r\n".encode("ascii"))
+            transport.close()
+            return
+        smtp = self.listener._smtp(slot)
+        transport.set_protocol(smtp)
+        smtp.connection_made(transport)
 
 
 class _Refuse(asyncio.Protocol):

@@ -5,7 +5,8 @@ thread (argon2 is slow on purpose), with growing delays for repeated failures. A
 only as an address that delivers to them, in the envelope and in ``From:``. The message gets the
 fix-ups of RFC 6409 §8 (Date, Message-ID, no Bcc), a Received header that does not reveal the
 client unless configured, and a DKIM signature; local recipients get it in their Maildir,
-everyone else through the outbound queue.
+everyone else through the outbound queue. Each user may send ``[abuse] max_messages_per_hour``
+messages to ``max_recipients_per_hour`` recipients an hour (``server/abuse/sending.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from base64 import b64decode
 from aiosmtpd.smtp import AuthResult
 
 from server import accounts as acc
+from server.abuse import Guard
 from server.addresses import AddressError, parse_address
 from server.authlimit import AuthThrottle
 from server.smtp import headers, replies
@@ -32,10 +34,12 @@ class SubmissionHandler(BaseHandler):
     offers_auth = True
     name = "submission"
 
-    def __init__(self, *args, signer, throttle: AuthThrottle, **kwargs):
+    def __init__(self, *args, signer, throttle: AuthThrottle, guard: Guard | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.signer = signer
         self.throttle = throttle
+        self.guard = guard
 
     # --- authentication (aiosmtpd calls auth_<MECHANISM>(server, args)) ---
 
@@ -77,6 +81,10 @@ class SubmissionHandler(BaseHandler):
             account = parse_address(name).key  # one counter however the address is spelled
         except AddressError:
             account = name.lower()
+        if self.throttle.banned(server.peer_ip):
+            # Banned (server/abuse) since it connected: no more guesses on this connection.
+            server.close_with(replies.BANNED)
+            return AuthResult(success=False, handled=True)
         # The wait comes before the check, for right and wrong passwords alike (authlimit).
         delay = self.throttle.delay(server.peer_ip, account)
         if delay:
@@ -88,7 +96,8 @@ class SubmissionHandler(BaseHandler):
             self.throttle.success(server.peer_ip, account)
             log.info("conn=%s auth ok user=%s", server.conn_id, user.address)
             return AuthResult(success=True, auth_data=user)
-        self.throttle.failure(server.peer_ip, account)
+        self.throttle.failure(server.peer_ip, account, service=self.name,
+                              conn_id=server.conn_id)
         log.info("conn=%s auth failed user=%r from [%s] after a %.1fs wait", server.conn_id,
                  name[:100], server.peer_ip, delay)
         return AuthResult(success=False, handled=False)
@@ -107,7 +116,12 @@ class SubmissionHandler(BaseHandler):
     async def handle_MAIL(self, server, session, envelope, address: str,
                           mail_options: list[str]) -> str:
         sender = "" if address == "<>" else address
-        self._check_owner(self._user(session), sender)
+        user = self._user(session)
+        self._check_owner(user, sender)
+        if self.guard is not None and not self.guard.sending.may_send(user.address):
+            log.warning("conn=%s user=%s hourly message limit (%d) reached", server.conn_id,
+                        user.address, self.guard.sending.max_messages)
+            raise SMTPError(replies.MESSAGE_RATE)
         return self.begin(server, envelope, address, str(parse_address(sender)), mail_options)
 
     @smtp_hook
@@ -115,6 +129,12 @@ class SubmissionHandler(BaseHandler):
                           rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
             raise SMTPError(replies.TOO_MANY_RECIPIENTS)
+        user = self._user(session)
+        if self.guard is not None and \
+                not self.guard.sending.may_add_recipient(user.address, len(envelope.rcpt_tos)):
+            log.warning("conn=%s user=%s hourly recipient limit (%d) reached", server.conn_id,
+                        user.address, self.guard.sending.max_recipients)
+            raise SMTPError(replies.RECIPIENT_RATE)
         addr = self.parse_recipient(address)
         if addr.is_literal:
             raise SMTPError(replies.NO_ADDRESS_LITERALS)
@@ -153,7 +173,10 @@ class SubmissionHandler(BaseHandler):
         if envelope.remote:
             outgoing = Outgoing(envelope.sender, tuple(envelope.remote), (head, message),
                                 origin=f"submission {user.address}")
-        return await self.commit(server, txn_id, deliveries, roots, outgoing)
+        reply = await self.commit(server, txn_id, deliveries, roots, outgoing)
+        if self.guard is not None and reply.code == 250:
+            self.guard.sending.sent(user.address, len(envelope.rcpt_tos))
+        return reply
 
 
 def _b64(text: str) -> bytes | None:

@@ -43,7 +43,8 @@ def test_literals_after_login_may_be_big(mx, user):
 
 
 def test_login_timeout_and_per_ip_limit(fresh):
-    fresh.append_config("[imap]\nlogin_timeout = 1\nmax_connections_per_ip = 2")
+    fresh.append_config("[imap]\nlogin_timeout = 1\n"
+                        "[abuse]\nallow = []\nmax_connections_per_ip = 2")
     fresh.start()
     with Raw(fresh) as a, Raw(fresh) as b:
         with pytest.raises(ConnectionError), Raw(fresh) as c:
