@@ -482,23 +482,39 @@ class InboundSection:
 @dataclass(frozen=True, slots=True)
 class SpamSection:
     rspamd_url: str = option(
-        "", "rspamd's controller/normal worker URL (e.g. http://127.0.0.1:11333) to score "
-        "every inbound message; empty = no rspamd.", _optional_http_url)
-    rspamd_password: str = option("", "rspamd controller password, for training.", _string)
-    junk_score: float = option(6.0, "rspamd score from which mail is filed into Junk.",
-                               _non_negative_float)
-    reject_score: float = option(15.0, "rspamd score from which mail is refused (550 5.7.1).",
-                                 _non_negative_float)
+        "", "rspamd's normal worker URL (e.g. http://127.0.0.1:11333) to score every inbound "
+        "message; empty = no rspamd. When rspamd cannot be reached mail is accepted unscored "
+        "(X-Spam-Status: unknown), never refused or lost.", _optional_http_url)
+    rspamd_controller_url: str = option(
+        "", "rspamd's controller URL (e.g. http://127.0.0.1:11334), where training goes; "
+        "empty = rspamd_url.", _optional_http_url)
+    rspamd_password: str = option(
+        "", "rspamd controller password (its worker-controller.inc `password`), for training.",
+        _string)
+    rspamd_timeout: float = option(
+        20.0, "Seconds a scan or a training request to rspamd may take.", _positive_float)
+    junk_score: float = option(
+        6.0, "rspamd score from which mail is filed into Junk (rspamd's own \"add header\" and "
+        "\"rewrite subject\" actions file it there too).", _non_negative_float)
+    reject_score: float = option(
+        15.0, "rspamd score from which mail is refused (550 5.7.1); rspamd's own \"reject\" "
+        "action refuses it too.", _non_negative_float)
     learn: bool = option(
-        True, "Teach rspamd when a user moves mail into Junk (spam) or out of it (ham).", _bool)
+        True, "Teach rspamd when a user moves mail into Junk (spam) or out of it (ham, unless "
+        "into Trash); needs rspamd_url and the controller's password.", _bool)
     dnsbl_zones: tuple[str, ...] = option(
         (), 'DNS blocklists to check the connecting IP against, e.g. ["zen.spamhaus.org"]; a '
-        "listed client is refused. Empty = off.", _name_list)
+        "listed client is refused (554 5.7.1). A lookup that times out counts as not listed. "
+        "Empty = off.", _name_list)
     greylisting: bool = option(
         False, "Answer a new (client network, sender, recipient) with 451 4.7.1 once; real "
-        "servers retry, most spam software does not.", _bool)
+        "servers retry, most spam software does not. Signed-in and [abuse] allow clients "
+        "are never greylisted.", _bool)
     greylist_delay: float = option(
         300.0, "Seconds before a greylisted triple is accepted on retry.", _positive_float)
+    greylist_auto_allow: int = option(
+        5, "Client networks (IPv4 /24, IPv6 /64) that passed greylisting this many times are "
+        "not greylisted any more; 0 = never.", _int_range(0))
 
 
 @dataclass(frozen=True, slots=True)

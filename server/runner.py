@@ -39,6 +39,7 @@ from server.queue.spool import Spool
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
+from server.spam.training import JunkTrainer
 from server.tlscert import reload_certificate, server_context
 from server.web.http import WebContext, WebListener
 from server.web.panel import PanelListener
@@ -106,6 +107,9 @@ class Daemon:
                                 self.guard)
         self.pop3 = POP3Context(config, self.accounts, self.throttle, self.executor, self.imap,
                                 self.hub, self.guard)
+        # IMAP moves into and out of Junk teach rspamd, when [spam] configures it.
+        self.trainer = JunkTrainer.from_config(config, self.executor)
+        self.imap.on_junk_move = self.trainer.observe
         # tls-alpn-01 answers are switched in by SNI on the one context every listener shares;
         # http-01 tokens are served by the http listener.
         self.responder = ChallengeResponder()
@@ -214,6 +218,7 @@ class Daemon:
         for obj in (*self.listeners, *self.handlers, self.queue, self.imap, self.pop3,
                     self.certificates):
             obj.update_config(new)
+        self.trainer.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay
         self.guard.update_config(new.abuse)
@@ -223,6 +228,7 @@ class Daemon:
         log.info("reloaded %s", new.path)
 
     async def stop(self) -> None:
+        await self.trainer.stop()  # before the executor its reads use shuts down
         await self.certificates.stop()
         for listener in self.listeners:
             listener.stop_accepting()

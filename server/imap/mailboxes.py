@@ -356,6 +356,8 @@ class MailboxCommands:
                 raise No(str(err), "CANNOT") from None
         status = await self.io(index.status)
         self.notify(folder)
+        if uids and self.ctx.on_junk_move is not None:  # spam training (APPEND into Junk)
+            self.ctx.on_junk_move(self.user.address, None, folder, index, uids)
         if self.selected is not None and self.selected.name == folder:
             for chunk in await self.updates():
                 yield chunk

@@ -348,6 +348,9 @@ class MessageCommands:
         pairs = await self.io(dest_folder_op(sel.folder, move), uids, dest)
         status = await self.io(dest.status)
         self.notify(dest_name)
+        if pairs and self.ctx.on_junk_move is not None:  # spam training, off the reply path
+            self.ctx.on_junk_move(self.user.address, sel.name, dest_name, dest,
+                                  [p[1] for p in pairs])
         code = None
         if pairs:
             code = (f"COPYUID {status.uidvalidity} {compress(p[0] for p in pairs)} "

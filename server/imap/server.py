@@ -58,6 +58,9 @@ class IMAPContext:
         self.guard = guard
         self.executor = executor
         self.hub = hub
+        # server/spam/training.py: called as (user, source folder or None for APPEND, dest
+        # folder, dest FolderIndex, new uids) after COPY/MOVE/APPEND; set by the runner.
+        self.on_junk_move = None
         self._indexes: dict[str, MailboxIndex] = {}
         self._lock = threading.Lock()
         self.update_config(config)

@@ -64,6 +64,8 @@ MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 # needing a lookup that failed is retried rather than guessed (server/inbound/verdict.py).
 DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure checking the sender's domain, "
                                    "try again later")
+# server/spam: a first attempt from a new (network, sender, recipient) triple.
+GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later")
 # RFC 5321 §4.5.3.1.10: 452 tells the client to send the remaining recipients in a new transaction.
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
@@ -86,6 +88,9 @@ BARE_LINE_END = Reply(
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops, mail loop suspected")
 # RFC 7489 §10.3: refused at the end of DATA; the text names the domain and why it failed.
 DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the sender domain's DMARC policy (p=reject)")
+# server/spam: the text names the client and the blocklist (SpamFilter.connect_check).
+BLOCKLISTED = Reply(554, "5.7.1", "Service unavailable; client blocked by a DNS blocklist")
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam")
 
 # aiosmtpd writes some replies itself, without enhanced codes; ``add_enhanced_code`` adds the
 # class-appropriate one by reply code (RFC 3463 §3.5 for the 5.5.x protocol family).
