@@ -16,7 +16,6 @@ forwarding broke SPF (and a mailing list footer would break DKIM).
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -28,8 +27,6 @@ from server import dkimkeys
 from server.dkimsign import headers_to_sign
 from server.inbound.dkimcheck import LIBRARY_LOG
 from server.inbound.dnsfunc import TempDNSError, dkimpy_dnsfunc, prefetch_txt
-
-log = logging.getLogger("mailstead.inbound")
 
 # RFC 8617 §4.2.1: instances run from 1 to 50; a longer chain is invalid (cv=fail).
 MAX_INSTANCES = 50
