@@ -103,3 +103,16 @@ def test_bad_api_tokens_count_too(inst):
     browser.close()
     inst.wait_for_log(f"ban rhost={ip} ")
     assert f'service=admin rhost={ip} user="api-token"' in inst.log()
+
+
+def test_concurrent_connections_get_503(inst):
+    ip = source(44)
+    held = [Browser(inst, ip) for _ in range(3)]  # [abuse] max_connections_per_ip
+    for browser in held:  # each a kept-alive connection
+        assert browser.request("GET", "/login")[0].status == 200
+    extra = Browser(inst, ip)
+    resp, text = extra.request("GET", "/login")
+    assert resp.status == 503 and resp.getheader("Retry-After") and "Too many" in text
+    extra.close()
+    for browser in held:
+        browser.close()
