@@ -39,6 +39,7 @@ from server.queue.spool import Spool
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
+from server.spam import SpamFilter
 from server.spam.training import JunkTrainer
 from server.tlscert import reload_certificate, server_context
 from server.web.http import WebContext, WebListener
@@ -109,6 +110,8 @@ class Daemon:
                                 self.hub, self.guard)
         # IMAP moves into and out of Junk teach rspamd, when [spam] configures it.
         self.trainer = JunkTrainer.from_config(config, self.executor)
+        # DNSBL at MAIL, greylisting at RCPT, rspamd after DATA; each off unless configured.
+        self.spam = SpamFilter(config, self.executor)
         self.imap.on_junk_move = self.trainer.observe
         # tls-alpn-01 answers are switched in by SNI on the one context every listener shares;
         # http-01 tokens are served by the http listener.
@@ -164,6 +167,7 @@ class Daemon:
         common = (self.config, self.accounts, self.executor, self.spool, self.queue.wake,
                   self.delivered)
         mx = MXHandler(*common)
+        mx.spam = self.spam
         submission = SubmissionHandler(
             *common, signer=self.signer,
             throttle=self.throttle, guard=self.guard)
@@ -219,6 +223,7 @@ class Daemon:
                     self.certificates):
             obj.update_config(new)
         self.trainer.update_config(new)
+        self.spam.update_config(new)
         self.signer.reload()
         self.throttle.base_delay = new.accounts.auth_failure_delay
         self.guard.update_config(new.abuse)
@@ -229,6 +234,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await self.trainer.stop()  # before the executor its reads use shuts down
+        await self.spam.close()
         await self.certificates.stop()
         for listener in self.listeners:
             listener.stop_accepting()

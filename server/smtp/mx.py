@@ -39,10 +39,12 @@ JUNK = "Junk"  # maildir.DEFAULT_FOLDERS; IMAP announces it as \Junk (RFC 6154)
 
 class MXHandler(BaseHandler):
     name = "mx"
+    spam = None  # server.spam.SpamFilter, set by the daemon; None in handler unit tests
 
     @smtp_hook
     async def handle_MAIL(self, server, session, envelope, address: str,
                           mail_options: list[str]) -> str:
+        await self.check_client(server)
         sender = ""
         if address != "<>":
             try:
@@ -66,6 +68,10 @@ class MXHandler(BaseHandler):
         declared = declared_size(envelope.mail_options)
         for user in resolution.mailboxes:
             await self.check_quota(user, declared)
+        if self.spam is not None:
+            refusal = await self.spam.rcpt_check(server.peer_ip, envelope.sender, str(addr))
+            if refusal is not None:
+                raise SMTPError(refusal)
         self.accept_recipient(envelope, address, resolution)
         if resolution.external and not getattr(envelope, "forwarding_domain", None):
             # The ARC seal on the forwarded copy is made with this domain's DKIM key: the
@@ -80,8 +86,19 @@ class MXHandler(BaseHandler):
         log.info("conn=%s rcpt=<%s> relay denied (%s)", server.conn_id, address, why)
         raise SMTPError(replies.RELAY_DENIED)
 
+    async def check_client(self, server) -> None:
+        """DNSBL (``[spam] dnsbl_zones``), answered at MAIL rather than in the greeting, as
+        Postfix's delay-reject does: the client's log then shows which sender was refused.
+        Cached per IP by the filter, so every MAIL of a session costs one lookup at most."""
+        if self.spam is None:
+            return
+        refusal = await self.spam.connect_check(server.peer_ip)
+        if refusal is not None:
+            raise SMTPError(refusal)
+
     async def store(self, server, session, envelope, data: bytes, txn_id: str) -> replies.Reply:
         verdict = await self.authenticate(server, session, envelope, data, txn_id)
+        spam = await self.scan(server, session, envelope, data, txn_id)
         # RFC 8601 §5: an Authentication-Results field claiming to be ours that came with the
         # message is forged; readers and filters would trust it.
         body, _ = authresults.strip_ours(data, self.config.server.hostname)
@@ -91,12 +108,14 @@ class MXHandler(BaseHandler):
             # refusing would make the sender retry (and duplicate) for all the others, so a
             # mailbox accepted at RCPT takes the message and refuses the next one at RCPT.
             await self.check_quota(users[0][0], len(data))
+        spam_head = b"".join(spam.headers) if spam is not None else b""
         heads = {}
         for _, rcpt in users:
             if rcpt not in heads:
                 heads[rcpt] = await self.received_header(server, session, envelope, txn_id,
-                                                         rcpt) + verdict.header
-        folder = JUNK if verdict.action == "junk" else None
+                                                         rcpt) + verdict.header + spam_head
+        junk = verdict.action == "junk" or (spam is not None and spam.action == "junk")
+        folder = JUNK if junk else None
         if folder and users:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, _ensure_folder, [u.maildir for u, _ in users], folder)
@@ -111,6 +130,20 @@ class MXHandler(BaseHandler):
             outgoing = Outgoing(envelope.sender, tuple(envelope.remote), (seal, head, body),
                                 origin=f"forward via {self.config.server.hostname}")
         return await self.commit(server, txn_id, deliveries, roots, outgoing)
+
+    async def scan(self, server, session, envelope, data: bytes, txn_id: str):
+        """rspamd's opinion (``[spam] rspamd_url``), or None without rspamd. Never raises
+        for rspamd's own trouble: unscanned mail is accepted (the filter says so in a
+        header); a spam score over ``reject_score`` is refused with 550 5.7.1."""
+        if self.spam is None or self.spam.rspamd is None:
+            return None
+        result = await self.spam.scan(
+            data, ip=server.peer_ip, helo=session.host_name or "", sender=envelope.sender,
+            rcpts=list(envelope.rcpt_tos), queue_id=txn_id,
+            hostname=await server.reverse_name_task if server.reverse_name_task else None)
+        if result.action == "reject":
+            raise SMTPError(replies.SPAM_REJECTED)
+        return result
 
     async def authenticate(self, server, session, envelope, data: bytes,
                            txn_id: str) -> Verdict:

@@ -135,13 +135,13 @@ class Instance:
             path = path / f".{folder}"
         return mailbox.Maildir(path, factory=None, create=False)
 
-    def messages(self, address: str) -> list[bytes]:
-        """The mailbox's messages in delivery order."""
-        box = self.maildir(address)
+    def messages(self, address: str, folder: str = "") -> list[bytes]:
+        """The mailbox's (or its ``folder``'s) messages in delivery order."""
+        box = self.maildir(address, folder)
         return [box.get_bytes(key) for key in sorted(box.keys(), key=_delivery_order)]
 
-    def parsed(self, address: str) -> list[email.message.Message]:
-        return [email.message_from_bytes(m) for m in self.messages(address)]
+    def parsed(self, address: str, folder: str = "") -> list[email.message.Message]:
+        return [email.message_from_bytes(m) for m in self.messages(address, folder)]
 
     # --- process ---
 
