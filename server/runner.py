@@ -130,9 +130,10 @@ class Daemon:
                       https_port=config.outbound.https_port,
                       cafile=config.outbound.ca_file or None)
 
-    def delivered(self, addresses: list[str]) -> None:
+    def delivered(self, addresses: list[str], folder: str = "INBOX") -> None:
+        """New mail in ``folder`` (INBOX, or Junk for spam): IDLE sessions hear of it now."""
         for address in addresses:
-            self.hub.changed(address, "INBOX")
+            self.hub.changed(address, folder)
 
     def ensure_dkim_keys(self) -> None:
         """Every domain gets the keys the config asks for (say, Ed25519 switched on later)."""

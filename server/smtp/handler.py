@@ -34,7 +34,7 @@ class BaseHandler:
         self.spool = spool
         self.on_queued = on_queued or (lambda queue_id: None)
         # Told which mailboxes got a message, so IMAP sessions in IDLE hear of it at once.
-        self.on_delivered = on_delivered or (lambda addresses: None)
+        self.on_delivered = on_delivered or (lambda addresses, folder="INBOX": None)
         self.resolver = make_resolver(config.dns)
 
     def update_config(self, config: Config) -> None:
@@ -143,7 +143,8 @@ class BaseHandler:
         raise NotImplementedError
 
     async def commit(self, server, txn_id: str, deliveries: list[Delivery],
-                     quota_roots: list, outgoing: Outgoing | None) -> replies.Reply:
+                     quota_roots: list, outgoing: Outgoing | None,
+                     folder: str | None = None) -> replies.Reply:
         server.delivering = True
         try:
             queue_id = await commit_or_reply(
@@ -152,7 +153,8 @@ class BaseHandler:
         finally:
             server.delivering = False
         if deliveries:
-            self.on_delivered([user.address for user, _ in server.envelope.mailboxes.values()])
+            self.on_delivered([user.address for user, _ in server.envelope.mailboxes.values()],
+                              folder or "INBOX")
         if queue_id is not None:
             self.on_queued(queue_id)
             return replies.DELIVERED.with_text(f"Ok: queued as {queue_id}")

@@ -129,7 +129,7 @@ class MXHandler(BaseHandler):
             seal = await self.seal(server, envelope, verdict, head + body, txn_id)
             outgoing = Outgoing(envelope.sender, tuple(envelope.remote), (seal, head, body),
                                 origin=f"forward via {self.config.server.hostname}")
-        return await self.commit(server, txn_id, deliveries, roots, outgoing)
+        return await self.commit(server, txn_id, deliveries, roots, outgoing, folder)
 
     async def scan(self, server, session, envelope, data: bytes, txn_id: str):
         """rspamd's opinion (``[spam] rspamd_url``), or None without rspamd. Never raises
