@@ -11,7 +11,8 @@ BIN := $(VENV)/bin
 # Postfix is preseeded to "No configuration" and service starts are blocked while installing
 # (policy-rc.d), so no system MTA starts on port 25; the tests run private instances.
 TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix \
-  isync offlineimap3 getmail6 fetchmail pebble chromium chromium-driver fonts-dejavu-core fail2ban rspamd redis-server
+  isync offlineimap3 getmail6 fetchmail pebble chromium chromium-driver fonts-dejavu-core fail2ban rspamd redis-server \
+  ansible ansible-lint debootstrap debian-archive-keyring ruby systemd
 
 .PHONY: run test unit lint bench deps venv clean
 
