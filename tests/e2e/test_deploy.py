@@ -97,6 +97,23 @@ def test_mailstead_unit_hardening(tmp_path):
         "ReadWritePaths=/var/lib/mailstead"]
 
 
+@pytest.mark.parametrize("ipv4, ipv6, scope, expected", [
+    ("198.51.100.4", "2001:db8::4", "global", ("198.51.100.4", "2001:db8::4")),
+    ("10.0.2.15", "fe80::1", "link", ("", "")),        # a VM behind NAT (Vagrant)
+    ("172.20.1.1", "fd00::1", "global", ("", "")),     # private v4, unique-local v6
+    ("100.70.0.1", "", "", ("", "")),                  # carrier-grade NAT
+])
+def test_public_addresses_default_from_facts(tmp_path, ipv4, ipv6, scope, expected):
+    """[server] public_ipv4/6 come from the default route's addresses only when they are
+    public ones; DNS must never be told to point at a private address."""
+    require_tool("ansible")
+    facts = {"default_ipv4": {"address": ipv4}, "default_ipv6": {"address": ipv6, "scope": scope}}
+    text = deploy.render_template("mailstead.toml.j2", tmp_path / "mailstead.toml",
+                                  {"ansible_facts": facts}).read_text()
+    assert f'public_ipv4 = "{expected[0]}"' in text.splitlines()
+    assert f'public_ipv6 = "{expected[1]}"' in text.splitlines()
+
+
 def test_vagrantfile(tmp_path):
     require_tool("ruby")
     vagrantfile = deploy.REPO / "Vagrantfile"
