@@ -110,7 +110,8 @@ def test_no_bounce_for_a_bounce(tmp_path, dns_server, certs):
     inst.start()
     try:
         with inst.smtp() as client:
-            client.sendmail("", ["fwd@example.test"], message(3, sender="mailer-daemon@remote.test"))
+            client.sendmail("", ["fwd@example.test"],
+                            message(3, sender="mailer-daemon@remote.test"))
         wait_until(lambda: "0 message(s) queued" in queue_cli(inst, "list").stdout
                    and "failed" in inst.log(), what="the forward to fail")
         assert "report" not in inst.log().split("failed")[-1]
