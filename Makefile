@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # (policy-rc.d), so no system MTA starts on port 25; the tests run private instances.
 TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl mutt tmux postfix \
   isync offlineimap3 getmail6 fetchmail pebble chromium chromium-driver fonts-dejavu-core fail2ban rspamd redis-server \
-  ansible ansible-lint debootstrap debian-archive-keyring ruby systemd
+  ansible ansible-lint debootstrap debian-archive-keyring ruby systemd dovecot-imapd dovecot-pop3d
 
 .PHONY: run test unit lint bench deps venv clean
 
@@ -73,8 +73,9 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv
-	$(BIN)/python -m bench
+bench: venv deps
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
