@@ -23,6 +23,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_wtf.csrf import CSRFError
 
 from admin.common import accounts, config, services
 from server.addresses import AddressError, parse_address
@@ -214,6 +215,18 @@ def _load_user():
     return user
 
 
+def _same_origin_only() -> None:
+    """A form POST whose Origin header names another site is refused like a bad CSRF token,
+    whatever token and Referer it carries: browsers set Origin themselves on every POST, so
+    it is the one thing a cross-site page cannot choose ("null" included, which sandboxed
+    frames and cross-site redirects send)."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise CSRFError("The form was sent from another site.")
+
+
 def install(app: Flask) -> None:
     @app.before_request
     def gate():
@@ -224,10 +237,12 @@ def install(app: Flask) -> None:
             abort(403)
         g.user = _load_user()
         endpoint = request.endpoint or ""
-        if endpoint in PUBLIC or request.blueprint in PUBLIC_BLUEPRINTS:
-            return None
         if request.blueprint == "api":
             return None  # token authentication, in the API blueprint
+        if request.blueprint not in PUBLIC_BLUEPRINTS:
+            _same_origin_only()
+        if endpoint in PUBLIC or request.blueprint in PUBLIC_BLUEPRINTS:
+            return None
         if g.user is None:
             if request.method == "GET" and endpoint:
                 session["next"] = request.full_path.rstrip("?")

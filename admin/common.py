@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import abort, current_app, flash, g, redirect, request, url_for
 
 from server.config import Config
@@ -54,16 +56,14 @@ def done(message: str, endpoint: str, **values):
 
 def parse_size(text: str) -> int:
     """'2G', '500M', '0' (unlimited) -> bytes."""
-    text = text.strip().upper().removesuffix("B")
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    scale = 1
-    if text and text[-1] in units:
-        scale, text = units[text[-1]], text[:-1]
-    try:
-        value = float(text)
-    except ValueError:
-        raise FormError("Quota must be a size such as 500M or 2G (0 = unlimited).") from None
-    if value < 0 or value * scale >= 2**62:
+    # Digits, an optional fraction and unit, spaces: float() alone would also take "1\r\n",
+    # "1e3", "nan" and "inf" (a line break in a field is refused everywhere in the panel).
+    match = re.fullmatch(r" *(\d+(?:\.\d+)?) *([KMGT]?)B? *", text.upper())
+    if match is None:
+        raise FormError("Quota must be a size such as 500M or 2G (0 = unlimited).")
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    value, scale = float(match[1]), units[match[2]]
+    if value * scale >= 2**62:
         raise FormError("Quota must be a size such as 500M or 2G (0 = unlimited).")
     return int(value * scale)
 

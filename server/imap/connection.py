@@ -53,6 +53,10 @@ class Connection:
         self.max_literal = max_literal
         self.commands = self._reader()
         self.bad_in_a_row = 0
+        # login_timeout is how long a connection may take to log in, counted from its start:
+        # were it reset by every read, a client trickling a byte at a time (slowloris) would
+        # hold a slot for ever without a password.
+        self.login_deadline = asyncio.get_running_loop().time() + login_timeout
 
     def _reader(self) -> CommandReader:
         return CommandReader(max_line=PREAUTH_LIMIT, max_literal=PREAUTH_LIMIT)
@@ -70,8 +74,11 @@ class Connection:
 
     async def _fill(self) -> None:
         # RFC 3501 §5.4's 30 minutes are for users; a connection that has not logged in
-        # gets a minute, so silent connections cannot hold every slot.
-        timeout = self.idle_timeout if self.session.user is not None else self.login_timeout
+        # gets a minute in all, so silent or trickling connections cannot hold every slot.
+        if self.session.user is not None:
+            timeout = self.idle_timeout
+        else:
+            timeout = self.login_deadline - asyncio.get_running_loop().time()
         try:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
         except TimeoutError:

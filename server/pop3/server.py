@@ -129,13 +129,19 @@ class Connection:
         self.tls_context = tls_context
         self.config = config
         self.errors = 0
+        # login_timeout counts from the connection's start, not from the last line: a client
+        # sending CAPA every minute (or a byte at a time) must not hold a slot without logging in.
+        self.login_deadline = asyncio.get_running_loop().time() + config.login_timeout
 
     async def write(self, chunks: list[bytes]) -> None:
         self.writer.writelines(chunks)
         await self.writer.drain()
 
     async def line(self) -> bytes | None:
-        timeout = self.config.idle_timeout if self.session.user else self.config.login_timeout
+        if self.session.user:
+            timeout = self.config.idle_timeout
+        else:
+            timeout = self.login_deadline - asyncio.get_running_loop().time()
         try:
             data = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
         except TimeoutError:
