@@ -26,6 +26,7 @@ log = logging.getLogger("mailstead.admin")
 TLS_HANDSHAKE_TIMEOUT = 10.0
 TLS_SHUTDOWN_TIMEOUT = 1.0
 GRACE = 5.0
+BODY_TIMEOUT = 30.0  # seconds for a whole request body (forms are a few KiB)
 MAX_BODY = 1024 * 1024  # forms and API calls are small; the panel takes no uploads
 
 
@@ -68,6 +69,43 @@ class _AtLeastOneChunk:
             close()
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
+class _BodyDeadline:
+    """Hypercorn bounds the wait for a request's head (keep-alive timeout) and each read
+    (read_timeout), but not the whole body: a client sending a byte a minute would hold a
+    connection for as long as Content-Length allows. The body must arrive within
+    ``listener.body_timeout`` seconds, else 408 and the connection closes."""
+
+    def __init__(self, app, listener):
+        self.app = app
+        self.listener = listener
+
+    async def __call__(self, scope, receive, send, sync_spawn, call_soon):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send, sync_spawn, call_soon)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.listener.body_timeout
+
+        async def timed_receive():
+            try:
+                return await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise _BodyTimeout from None
+
+        try:
+            await self.app(scope, timed_receive, send, sync_spawn, call_soon)
+        except _BodyTimeout:
+            # The WSGI wrapper reads the whole body before the app runs: nothing was sent yet.
+            log.info("%s: request body from [%s] too slow; 408", self.listener.name,
+                     (scope.get("client") or ("?",))[0])
+            await send({"type": "http.response.start", "status": 408,
+                        "headers": [(b"connection", b"close"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _status_always_sent(app):
     def wsgi(environ, start_response):
         return _AtLeastOneChunk(app(environ, start_response))
@@ -87,7 +125,8 @@ class PanelListener:
         self.guard = guard
         self.listen = listen
         self.wsgi = app
-        self.app = wrap_app(_status_always_sent(app), MAX_BODY, "wsgi")
+        self.app = _BodyDeadline(wrap_app(_status_always_sent(app), MAX_BODY, "wsgi"), self)
+        self.body_timeout = BODY_TIMEOUT
         self.tls_context = tls_context
         self.max_connections = max_connections
         self.hconfig = self._hypercorn_config()
