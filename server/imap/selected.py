@@ -7,8 +7,8 @@ Every session has its own view (RFC 3501 §5.2: message sequence numbers are per
 the command allows them (RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH, which would renumber
 messages under the client's feet); until then they wait and the numbers stay.
 
-Memory: a view is two parallel arrays (UIDs as 4-byte integers, and references to flag sets
-shared by every view in the process), so a thousand clients idling in a big INBOX cost little.
+Memory: a view is two parallel arrays of 4-byte integers (UIDs, and ids of flag sets shared by
+every view in the process), so a thousand clients idling in a big INBOX cost little.
 """
 
 from __future__ import annotations
@@ -26,9 +26,50 @@ class MailboxGone(Exception):
     """The selected folder was deleted or renamed (by another session or program)."""
 
 
+_FLAG_TABLE: list[frozenset] = []  # id -> flag set, for FlagColumn
+_FLAG_IDS: dict[frozenset, int] = {}
+
+
 def _shared(flags: frozenset) -> frozenset:
     """One object per distinct flag set in the whole process (there are few of them)."""
     return _FLAG_SETS.setdefault(flags, flags)
+
+
+def _flag_id(flags: frozenset) -> int:
+    fid = _FLAG_IDS.get(flags)
+    if fid is None:
+        fid = _FLAG_IDS[flags] = len(_FLAG_TABLE)
+        _FLAG_TABLE.append(_shared(flags))
+    return fid
+
+
+class FlagColumn:
+    """A list of flag sets stored as 4-byte ids into one process-wide table: a view of a
+    100,000-message folder costs 400 KB here instead of 800 KB of pointers."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, flag_sets=()):
+        self.ids = array("I", (_flag_id(frozenset(f)) for f in flag_sets))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> frozenset:
+        return _FLAG_TABLE[self.ids[i]]
+
+    def __setitem__(self, i: int, flags: frozenset) -> None:
+        self.ids[i] = _flag_id(frozenset(flags))
+
+    def __delitem__(self, i: int) -> None:
+        del self.ids[i]
+
+    def append(self, flags: frozenset) -> None:
+        self.ids.append(_flag_id(frozenset(flags)))
+
+    def __iter__(self):
+        table = _FLAG_TABLE
+        return (table[i] for i in self.ids)
 
 
 class _Flags:
@@ -66,8 +107,8 @@ class Selected:
         self.name = name  # the Maildir++ folder name
         self.readonly = readonly
         self.condstore = condstore
-        self.uids = array("L")  # sequence number n is uids[n - 1]
-        self.flag_sets: list[frozenset] = []  # parallel to uids
+        self.uids = array("I")  # sequence number n is uids[n - 1]; "I": 4 bytes ("L" is 8)
+        self.flag_sets = FlagColumn()  # parallel to uids
         self.flags = _Flags(self)
         self.modseq = 0  # the HIGHESTMODSEQ this view reflects
         self.uidnext = 1
@@ -84,8 +125,8 @@ class Selected:
     def load(self) -> None:
         self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(0)
-        self.uids = array("L", (m.uid for m in changes.messages))
-        self.flag_sets = [_shared(m.flags) for m in changes.messages]
+        self.uids = array("I", (m.uid for m in changes.messages))
+        self.flag_sets = FlagColumn(m.flags for m in changes.messages)
         self.modseq = changes.highestmodseq
         self.uidnext = changes.uidnext
 
