@@ -76,7 +76,9 @@ class OutboundQueue:
 
     async def load(self) -> None:
         for msg in await self._io(self.spool.load_all):
-            self.due[msg.id] = msg.next_attempt
+            # A crash between saving the last results and removing the entry leaves one with
+            # nothing left to do but a next_attempt in the future: finish it now, not then.
+            self.due[msg.id] = 0.0 if msg.done() else msg.next_attempt
         if self.due:
             log.info("queue: %d message(s) waiting", len(self.due))
 

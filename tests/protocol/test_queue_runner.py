@@ -129,3 +129,29 @@ def test_a_failing_group_does_not_cost_the_others(world, monkeypatch):
     assert [(r.address, r.status) for r in saved.recipients] == [
         ("bob@remote.test", "delivered"), ("eve@broken.test", "pending")]
     assert "Internal error" in saved.recipients[1].last_error
+
+
+def test_entry_finished_before_a_crash_is_removed_at_start(world):
+    """kill -9 after the last results were saved but before the entry was removed: the entry
+    has nothing pending and a next attempt an hour away; the restart finishes it at once
+    (the crash test found such entries lingering until the next retry or a flush)."""
+    config, store, spool, pool, sink, _ = world
+    msg = spool.add("ann@example.test", ["bob@remote.test"], (MSG,))
+    msg.recipients[0].status = "delivered"
+    msg.attempts, msg.next_attempt = 1, msg.created + 3600
+    spool.save(msg)
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        await queue.load()
+        assert queue.due == {msg.id: 0.0}
+        queue.start()
+        for _ in range(100):
+            if not spool.list():
+                break
+            await asyncio.sleep(0.05)
+        await queue.stop(1)
+
+    run(scenario())
+    assert spool.list() == []
+    assert sink.messages == []  # finished, not sent again
