@@ -91,7 +91,8 @@ def write_png(path: Path, rows: list[Row], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.operation} ({r.anchor})" for r in rows]
+    labels = [f"{r.operation} ({r.anchor}) {'more' if r.higher_is_better else 'less'} is better"
+              for r in rows]
     ratios = [min(max(r.ratio, 1e-3), 1e3) if math.isfinite(r.ratio) else 1e3 for r in rows]
     colors = ["#999999" if r.met is None else "#2e7d32" if r.met else "#c62828" for r in rows]
     fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.6))
