@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,9 @@ def missing(parts: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C's cousin) unwinds like an exception, so every server this
+    # run started is stopped by the ``with`` blocks that started it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     problems = missing(args.only)
     if problems:
         print("cannot run: " + "; ".join(problems) + " (as root: make bench installs them)",
