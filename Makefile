@@ -14,7 +14,7 @@ TEST_DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl 
   isync offlineimap3 getmail6 fetchmail pebble chromium chromium-driver fonts-dejavu-core fail2ban rspamd redis-server \
   ansible ansible-lint debootstrap debian-archive-keyring ruby systemd dovecot-imapd dovecot-pop3d
 
-.PHONY: run test unit lint bench deps venv clean
+.PHONY: run test unit lint bench deps venv clean crashtest soak
 
 venv: $(VENV)/.installed
 
@@ -76,6 +76,16 @@ lint: venv
 bench: venv deps
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Crash test (tests/stress/crash.py): 20 clients, 2,000 messages, kill -9 three times; nothing
+# that got 250 may be lost or doubled. `make test` runs a small one (tests/e2e/test_crash.py).
+crashtest: venv
+	$(BIN)/python -m tests.stress.crash --clients 20 --messages 2000 --kills 3
+
+# Load/soak (tests/stress/soak.py): 200 SMTP sessions and 1,000 IMAP IDLE sessions for
+# SOAK_SECONDS (default 600): no errors, nothing lost, the server's memory flat.
+soak: venv
+	$(BIN)/python -m tests.stress.soak --seconds $(or $(SOAK_SECONDS),600)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
