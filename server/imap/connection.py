@@ -21,6 +21,7 @@ from server.imap.parser import Command, CommandReader, NeedLiteral, ParseError
 
 log = logging.getLogger("mailstead.imap")
 
+WRITE_CHUNK = 64 * 1024
 READ_SIZE = 256 * 1024
 # Before login a client may send no more than a login needs: nobody can make us hold an
 # APPEND-sized literal without a password.
@@ -166,10 +167,20 @@ class Connection:
             raise Closed("logout")
 
     async def _run_session(self, chunks) -> None:
+        # Responses come a line at a time (a FETCH of a big folder is 100,000 lines); each
+        # write through TLS is a record of its own, so lines are gathered into ~64 KiB writes.
+        pending: list[bytes] = []
+        size = 0
         async for chunk in chunks:
-            self.writer.write(chunk)
-            if self.writer.transport.get_write_buffer_size() > READ_SIZE:
-                await self.writer.drain()
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= WRITE_CHUNK:
+                self.writer.write(b"".join(pending))
+                pending, size = [], 0
+                if self.writer.transport.get_write_buffer_size() > READ_SIZE:
+                    await self.writer.drain()
+        if pending:
+            self.writer.write(b"".join(pending))
         await self.writer.drain()
 
     async def _starttls(self, cmd: Command) -> None:

@@ -226,6 +226,31 @@ class Selected:
         self.pending_flags.clear()
         return out
 
+    def uid_flags_lines(self, targets: list[tuple[int, int]],
+                        names: tuple[str, ...]) -> list[bytes]:
+        """``* n FETCH (UID u FLAGS (...))`` for each (seq, uid), items in ``names`` order
+        (UID and/or FLAGS only): what every client asks for the whole folder at each sync,
+        rendered from the view alone. Each distinct flag set is encoded once per call."""
+        ids = self.flag_sets.ids
+        recent = self.recent
+        encoded: dict[int, bytes] = {}
+        out = []
+        for seq, uid in targets:
+            parts = []
+            for name in names:
+                if name == "UID":
+                    parts.append(b"UID %d" % uid)
+                elif uid in recent:
+                    parts.append(b"FLAGS " + flag_list(self.flag_names(uid)))
+                else:
+                    fid = ids[seq - 1]
+                    flags = encoded.get(fid)
+                    if flags is None:
+                        flags = encoded[fid] = b"FLAGS " + flag_list(sorted(_FLAG_TABLE[fid]))
+                    parts.append(flags)
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+        return out
+
     def flag_names(self, uid: int) -> list[str]:
         flags = sorted(self.flags.get(uid, ()))
         return [*flags, "\\Recent"] if uid in self.recent else flags
