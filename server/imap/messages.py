@@ -6,11 +6,16 @@ threads in batches, so one big FETCH neither blocks other sessions nor piles up 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import logging
+import sqlite3
 
 from server.imap import fetch, search
 from server.imap.encode import astring
 from server.imap.responses import Bad, No, ok, untagged
 from server.imap.selected import MailboxGone
+
+log = logging.getLogger("mailstead.imap")
 
 BATCH = 500  # messages rendered per worker-thread call...
 BATCH_BYTES = 8 * 1024 * 1024  # ...or fewer, once this much response is waiting to be sent
@@ -48,6 +53,12 @@ class MessageCommands:
             self.selected = None
             self.state = LOGOUT
             return [untagged("BYE Selected mailbox was deleted or renamed, reconnect please")]
+        except Exception as err:
+            if not out_of_space(err):
+                raise
+            # The index cannot record what changed while the disk is full: the news waits,
+            # and the command (NOOP, FETCH, ...) still answers from what the session knows.
+            log.warning("conn=%s updates skipped: disk full", self.conn_id)
         return self.selected.updates(allow_expunge)
 
     async def after_command(self, cmd) -> list[bytes]:
@@ -424,3 +435,16 @@ def _item(name: str):
 
 
 __all__ = ["MessageCommands", "astring", "compress"]
+
+
+def out_of_space(err: BaseException | None) -> bool:
+    """A full disk or quota, however it surfaced: OSError, or SQLite's own error."""
+    for _ in range(10):  # the cause chain, bounded
+        if err is None:
+            return False
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, sqlite3.OperationalError) and "disk is full" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -135,6 +135,10 @@ class IMAPListener:
                              idle_timeout=config.idle_timeout,
                              max_literal=config.max_literal,
                              login_timeout=config.login_timeout).run()
+        except asyncio.CancelledError:
+            # Shutdown ends the connection. Ending normally keeps Python 3.11's stream
+            # callback from logging the CancelledError as "Exception in callback".
+            writer.transport.abort()
         finally:
             self.connections.discard(task)
             if slot is not None:

@@ -17,7 +17,7 @@ from server.addresses import AddressError, parse_address
 from server.imap import responses
 from server.imap.encode import encode
 from server.imap.mailboxes import MailboxCommands
-from server.imap.messages import MessageCommands
+from server.imap.messages import MessageCommands, out_of_space
 from server.imap.parser import Command
 from server.imap.responses import Bad, ImapError, No
 
@@ -108,7 +108,13 @@ class Session(MailboxCommands, MessageCommands):
             yield responses.tagged(cmd.tag, "OK", text, code)
         except ImapError as err:
             yield err.tagged(cmd.tag)
-        except Exception:
+        except Exception as err:
+            if out_of_space(err):
+                # RFC 5530 OVERQUOTA, as Dovecot answers: the client keeps the message and
+                # tries again later; nothing half-written is left (deliveries are atomic).
+                log.warning("conn=%s %s: disk full: %s", self.conn_id, cmd.name, err)
+                yield responses.tagged(cmd.tag, "NO", "Not enough disk space", "OVERQUOTA")
+                return
             log.exception("conn=%s %s failed", self.conn_id, cmd.name)
             yield responses.tagged(cmd.tag, "NO", "Internal server error, sorry", "SERVERBUG")
 
