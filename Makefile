@@ -41,6 +41,7 @@ run: venv
 	@echo " mailstead dev instance in $(DEV_DIR)"
 	@echo " demo login: $(DEV_USER)  password: $$(cat $(DEV_DIR)/demo-password)"
 	@$(BIN)/mailstead -c $(DEV_DIR)/mailstead.toml config check | sed 's/^/ /'
+	@echo " admin panel: https://127.0.0.1:8443/ (self-signed certificate; log in as the demo user)"
 	@echo " try: swaks --server 127.0.0.1:2525 --to $(DEV_USER) --tls"
 	@echo "---------------------------------------------------------------"
 	exec $(BIN)/mailstead -c $(DEV_DIR)/mailstead.toml run
