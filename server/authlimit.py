@@ -89,3 +89,34 @@ class AuthThrottle:
         holding one valid account must not be able to reset the counter it sprays under."""
         with self._lock:
             self._failures.pop(f"user:{account}", None)
+
+
+def account_key(name: str) -> str:
+    """The account a login names, as the throttle counts it (however it is spelt)."""
+    from server.addresses import AddressError, parse_address
+
+    try:
+        return parse_address(name).key
+    except AddressError:
+        return name.lower()
+
+
+async def check_password(throttle: AuthThrottle, accounts, executor, *, ip: str, name: str,
+                         password: str, service: str, conn_id: str, log):
+    """One password login for IMAP and POP3: wait out the throttle's delay first (see the
+    module docstring), check in a worker thread (argon2 is slow), count the outcome.
+    Returns the user, or None after logging and counting the failure."""
+    import asyncio
+
+    account = account_key(name)
+    delay = throttle.delay(ip, account)
+    if delay:
+        await asyncio.sleep(delay)
+    user = await asyncio.get_running_loop().run_in_executor(
+        executor, accounts.authenticate, name, password)
+    if user is None:
+        throttle.failure(ip, account, service=service, conn_id=conn_id)
+        log.info("conn=%s login failed user=%r from [%s]", conn_id, name[:100], ip)
+        return None
+    throttle.success(ip, account)
+    return user

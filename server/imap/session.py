@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from server.addresses import AddressError, parse_address
+from server.authlimit import check_password
 from server.imap import responses
 from server.imap.encode import encode
 from server.imap.mailboxes import MailboxCommands
@@ -193,27 +193,16 @@ class Session(MailboxCommands, MessageCommands):
                                   "try again later")
 
     async def _login(self, name: str, password: str) -> None:
-        try:
-            account = parse_address(name).key
-        except AddressError:
-            account = name.lower()
-        throttle = self.ctx.throttle
-        delay = throttle.delay(self.peer_ip, account)  # before the check: see authlimit
-        if delay:
-            await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(self.ctx.executor, self.ctx.accounts.authenticate,
-                                          name, password)
+        user = await check_password(self.ctx.throttle, self.ctx.accounts, self.ctx.executor,
+                                    ip=self.peer_ip, name=name, password=password,
+                                    service="imap", conn_id=self.conn_id, log=log)
         if user is None:
-            throttle.failure(self.peer_ip, account, service="imap", conn_id=self.conn_id)
-            log.info("conn=%s login failed user=%r from [%s]", self.conn_id, name[:100],
-                     self.peer_ip)
             raise No("Authentication failed", "AUTHENTICATIONFAILED")
-        throttle.success(self.peer_ip, account)
         if not self.ctx.sessions.add(user.address, self):
             raise No("Too many connections for this account", "LIMIT")
         self.user = user
         self.state = AUTHENTICATED
+        loop = asyncio.get_running_loop()
         self.mailbox_index = await loop.run_in_executor(self.ctx.executor, self.ctx.index_for,
                                                         user)
         log.info("conn=%s login user=%s", self.conn_id, user.address)

@@ -16,7 +16,7 @@ import binascii
 import logging
 from dataclasses import dataclass
 
-from server.addresses import AddressError, parse_address
+from server.authlimit import check_password
 from server.imap.fetch import crlf
 
 log = logging.getLogger("mailstead.pop3")
@@ -153,27 +153,17 @@ class Session:
                                  parts[2].decode("utf-8", "replace"))
 
     async def _login(self, name: str, password: str) -> list[bytes]:
-        try:
-            account = parse_address(name).key
-        except AddressError:
-            account = name.lower()
         throttle = self.ctx.throttle
         if throttle.banned(self.peer_ip):
             # Banned (server/abuse) since it connected: no more guesses on this connection.
             self.quit = True
             raise Reply("Too many failed logins from your address, try again later", "SYS/TEMP")
-        delay = throttle.delay(self.peer_ip, account)  # before the check: see authlimit
-        if delay:
-            await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(self.ctx.executor, self.ctx.accounts.authenticate,
-                                          name, password)
+        user = await check_password(throttle, self.ctx.accounts, self.ctx.executor,
+                                    ip=self.peer_ip, name=name, password=password,
+                                    service="pop3", conn_id=self.conn_id, log=log)
         if user is None:
-            throttle.failure(self.peer_ip, account, service="pop3", conn_id=self.conn_id)
-            log.info("conn=%s login failed user=%r from [%s]", self.conn_id, name[:100],
-                     self.peer_ip)
             raise Reply("Authentication failed", "AUTH")
-        throttle.success(self.peer_ip, account)
+        loop = asyncio.get_running_loop()
         if not self.ctx.lock(user.address, self):
             raise Reply("Mailbox is in use by another POP3 session", "IN-USE")
         try:
