@@ -103,7 +103,7 @@ def account_key(name: str) -> str:
 
 async def check_password(throttle: AuthThrottle, accounts, executor, *, ip: str, name: str,
                          password: str, service: str, conn_id: str, log):
-    """One password login for IMAP and POP3: wait out the throttle's delay first (see the
+    """One password login (submission, IMAP, POP3): wait out the throttle's delay first (see the
     module docstring), check in a worker thread (argon2 is slow), count the outcome.
     Returns the user, or None after logging and counting the failure."""
     import asyncio
@@ -116,7 +116,8 @@ async def check_password(throttle: AuthThrottle, accounts, executor, *, ip: str,
         executor, accounts.authenticate, name, password)
     if user is None:
         throttle.failure(ip, account, service=service, conn_id=conn_id)
-        log.info("conn=%s login failed user=%r from [%s]", conn_id, name[:100], ip)
+        log.info("conn=%s auth failed user=%r from [%s] after a %.1fs wait", conn_id,
+                 name[:100], ip, delay)
         return None
     throttle.success(ip, account)
     return user

@@ -20,8 +20,8 @@ from aiosmtpd.smtp import AuthResult
 
 from server import accounts as acc
 from server.abuse import Guard
-from server.addresses import AddressError, parse_address
-from server.authlimit import AuthThrottle
+from server.addresses import parse_address
+from server.authlimit import AuthThrottle, check_password
 from server.smtp import headers, replies
 from server.smtp.commit import Outgoing
 from server.smtp.handler import BaseHandler
@@ -76,31 +76,18 @@ class SubmissionHandler(BaseHandler):
         return await self._login(server, login, password)
 
     async def _login(self, server, login: bytes, password: bytes) -> AuthResult:
-        name = login.decode("utf-8", "replace")
-        try:
-            account = parse_address(name).key  # one counter however the address is spelled
-        except AddressError:
-            account = name.lower()
         if self.throttle.banned(server.peer_ip):
             # Banned (server/abuse) since it connected: no more guesses on this connection.
             server.close_with(replies.BANNED)
             return AuthResult(success=False, handled=True)
-        # The wait comes before the check, for right and wrong passwords alike (authlimit).
-        delay = self.throttle.delay(server.peer_ip, account)
-        if delay:
-            await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(self.executor, self.accounts.authenticate, name,
-                                          password.decode("utf-8", "replace"))
-        if user is not None:
-            self.throttle.success(server.peer_ip, account)
-            log.info("conn=%s auth ok user=%s", server.conn_id, user.address)
-            return AuthResult(success=True, auth_data=user)
-        self.throttle.failure(server.peer_ip, account, service=self.name,
-                              conn_id=server.conn_id)
-        log.info("conn=%s auth failed user=%r from [%s] after a %.1fs wait", server.conn_id,
-                 name[:100], server.peer_ip, delay)
-        return AuthResult(success=False, handled=False)
+        user = await check_password(
+            self.throttle, self.accounts, self.executor, ip=server.peer_ip,
+            name=login.decode("utf-8", "replace"), password=password.decode("utf-8", "replace"),
+            service=self.name, conn_id=server.conn_id, log=log)
+        if user is None:
+            return AuthResult(success=False, handled=False)
+        log.info("conn=%s auth ok user=%s", server.conn_id, user.address)
+        return AuthResult(success=True, auth_data=user)
 
     # --- envelope ---
 
