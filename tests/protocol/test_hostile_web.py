@@ -433,9 +433,13 @@ class PanelThread:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         return ctx.wrap_socket(sock, server_hostname="mail.example.test")
 
-    def stop(self) -> None:
+    async def _stop(self) -> None:
+        # asyncio.Server is not thread-safe: close it on the loop's own thread.
         self.listener.stop_accepting()
-        asyncio.run_coroutine_threadsafe(self.listener.drain(1), self.loop).result(10)
+        await self.listener.drain(1)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 

@@ -62,8 +62,6 @@ class Web:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self):
-        for listener in (self.http, self.https):
-            listener.stop_accepting()
         self.run(self._drain())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -71,6 +69,9 @@ class Web:
         self.accounts.close()
 
     async def _drain(self):
+        # asyncio.Server is not thread-safe: close it on the loop's own thread.
+        for listener in (self.http, self.https):
+            listener.stop_accepting()
         await asyncio.gather(self.http.drain(1), self.https.drain(1))
 
     def connect(self, tls=False) -> socket.socket:
@@ -329,13 +330,17 @@ def test_total_cap(fresh):
             assert reply.headers["strict-transport-security"] == "max-age=31536000"
 
 
+async def stop_and_drain(listener, grace):
+    listener.stop_accepting()
+    await listener.drain(grace)
+
+
 def test_drain_closes_idle_connections(fresh):
     web = fresh()
     with web.connect() as idle:
         time.sleep(0.2)
         started = time.monotonic()
-        web.http.stop_accepting()
-        web.run(web.http.drain(5))
+        web.run(stop_and_drain(web.http, 5))
         assert time.monotonic() - started < 2
         assert closed(idle)
 
