@@ -20,7 +20,15 @@ from server.config import DNSSection, parse_host_port
 log = logging.getLogger("mailstead.dns")
 
 
-def make_resolver(section: DNSSection) -> dns.asyncresolver.Resolver:
+# Entries in a cached resolver; each lives for its record's TTL (negative answers for the
+# zone's SOA minimum), as in a local caching resolver, which a small mail host rarely runs.
+CACHE_ENTRIES = 20_000
+
+
+def make_resolver(section: DNSSection, cache: bool = False) -> dns.asyncresolver.Resolver:
+    """The resolver for ``[dns]``. ``cache``: keep answers for their TTL -- for the SMTP
+    handlers, which otherwise ask the same PTR/A/SPF/DKIM questions for every message of a
+    busy sender; not for the DNS check, which must see a record the owner just fixed."""
     if section.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         servers = []
@@ -32,6 +40,8 @@ def make_resolver(section: DNSSection) -> dns.asyncresolver.Resolver:
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = section.timeout
     resolver.timeout = min(2.0, section.timeout)
+    if cache:
+        resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
     return resolver
 
 

@@ -35,11 +35,11 @@ class BaseHandler:
         self.on_queued = on_queued or (lambda queue_id: None)
         # Told which mailboxes got a message, so IMAP sessions in IDLE hear of it at once.
         self.on_delivered = on_delivered or (lambda addresses, folder="INBOX": None)
-        self.resolver = make_resolver(config.dns)
+        self.resolver = make_resolver(config.dns, cache=True)
 
     def update_config(self, config: Config) -> None:
         self.config = config
-        self.resolver = make_resolver(config.dns)
+        self.resolver = make_resolver(config.dns, cache=True)
 
     # --- greeting ---
 
