@@ -1,0 +1,75 @@
+"""The SMTP protocol's fast constructor must leave a connection exactly as aiosmtpd's own
+``SMTP.__init__`` would (it skips only the per-connection introspection)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from server.smtp import protocol
+from server.smtp.mx import MXHandler
+from server.smtp.submission import SubmissionHandler
+
+# Attributes whose values are per-object (bound methods, the stream reader) are compared by
+# what they refer to, not by identity.
+_BOUND = ("_auth_methods", "_handle_hooks", "_smtp_methods")
+
+
+def _kwargs(loop, ctx, submission: bool) -> dict:
+    return dict(hostname="mail.example.test", ident="mailstead", tls_context=ctx,
+                auth_required=submission, require_starttls=submission,
+                auth_require_tls=True, data_size_limit=1000, enable_SMTPUTF8=True,
+                decode_data=False, timeout=30, loop=loop)
+
+
+def _describe(value, handler):
+    if isinstance(value, dict):
+        return {k: _describe(v, handler) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return tuple(_describe(v, handler) for v in value)
+    func = getattr(value, "__func__", None)
+    if func is not None:
+        return (func.__qualname__, "handler" if value.__self__ is handler else "protocol")
+    return value
+
+
+@pytest.mark.parametrize("handler_cls,submission", [(MXHandler, False),
+                                                     (SubmissionHandler, True)])
+def test_fast_init_matches_aiosmtpd(handler_cls, submission):
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        handler = handler_cls.__new__(handler_cls)  # the hooks are all that is looked at
+
+        class Plain(protocol.SMTPProtocol):
+            def __init__(self, handler, **kwargs):
+                self.command_size_limits = {}
+                SMTP.__init__(self, handler, **kwargs)
+
+        fast = protocol.SMTPProtocol(handler, max_errors=10, registry=set(),
+                                     auth_enabled=submission, **_kwargs(loop, ctx, submission))
+        plain = Plain(handler, **_kwargs(loop, ctx, submission))
+        skip = {"_stream_reader_wr", "_stream_reader", "_strong_reader", "conn_id", "errors",
+                "transactions", "max_errors", "auth_enabled", "registry", "reverse_name_task",
+                "delivering", "_greeted", "_in_helo", "_in_mail", "_close_after_transaction",
+                "command_size_limits", "_last_data", "_closed", "_client_connected_cb",
+                "_source_traceback", "_loop", "_over_ssl", "_task"}
+        fast_attrs = {k: v for k, v in vars(fast).items() if k not in skip}
+        plain_attrs = {k: v for k, v in vars(plain).items() if k not in skip}
+        assert fast_attrs.keys() == plain_attrs.keys()
+        for key in fast_attrs:
+            if key in _BOUND:
+                # aiosmtpd also takes non-method members named auth_* as mechanisms (our
+                # ``auth_enabled`` flag would become a mechanism "enabled"); we take methods only.
+                plain_value = {k: v for k, v in plain_attrs[key].items()
+                               if not (key == "_auth_methods" and not callable(v.method))}
+                assert _describe(fast_attrs[key], handler) == _describe(plain_value, handler), key
+            else:
+                assert fast_attrs[key] == plain_attrs[key], key
+        assert set(fast._auth_methods) == {"PLAIN", "LOGIN"}
+        assert fast._handle_hooks["DATA"].__func__ is handler_cls.handle_DATA
+    finally:
+        loop.close()
