@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -83,6 +83,13 @@ class Transaction:
     implicit_tls: bool = False
     username: str = ""
     password: str = ""
+    # Called with the results once the reply to the final dot is in, before QUIT: the queue
+    # records them durably there, so a crash re-sends only what was in flight (RFC 1047).
+    on_result: Callable[[dict[str, Outcome]], Awaitable[None]] | None = None
+
+
+class RecordFailed(Exception):
+    """``on_result`` raised: the message was sent, so no other host may be tried."""
 
 
 async def send(hosts: Sequence[MXHost], txn: Transaction) -> dict[str, Outcome]:
@@ -192,6 +199,14 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
         outcome = Outcome(451, f"4.4.2 Connection lost after sending the message: {err}", name)
     for rcpt in accepted:
         results[rcpt] = outcome
+    if txn.on_result is not None:
+        try:
+            await txn.on_result(results)
+        except Exception as err:
+            # Not AttemptFailed: the next MX host would get a second copy.
+            raise RecordFailed(f"recording the results failed: {err!r}") from err
+    # RFC 5321 §6.1: the 250 to DATA is where the receiver takes responsibility; QUIT adds
+    # nothing to it, so a receiver slow to answer QUIT costs us time, never a duplicate.
     await _quit(client)
     return results
 

@@ -3,11 +3,12 @@
 Up to ``[outbound] workers`` messages are attempted at once. A message's pending recipients are
 grouped by domain (one SMTP transaction per domain; all together through a smarthost); local
 domains go straight to their Maildirs. Each group's results are saved to the envelope as soon
-as that group is done, before anything else happens, so a ``kill -9`` re-sends at most the
-transactions in flight. If saving fails (a full disk), the results are kept in memory and the
-message is never sent again to a recipient that has it. A permanent failure is first recorded
-as a report owed to the sender, then the report is queued, then the debt is cleared: a crash can
-duplicate a report, never lose one. Never a report for a report or for the null sender.
+as they are known — for a remote transaction right after the reply to the final dot, before
+QUIT — so a ``kill -9`` re-sends only a transaction whose 250 was not saved yet (RFC 1047). If
+saving fails (a full disk), the results are kept in memory and the message is never sent again
+to a recipient that has it. A permanent failure is first recorded as a report owed to the
+sender, then the report is queued, then the debt is cleared: a crash can duplicate a report,
+never lose one. Never a report for a report or for the null sender.
 """
 
 from __future__ import annotations
@@ -204,27 +205,45 @@ class OutboundQueue:
             self.due[msg.id] = msg.next_attempt
 
     async def _deliver_groups(self, msg: QueuedMessage, data: bytes, now: float) -> None:
-        """All domains at once; each group's results saved as soon as it is done."""
-        tasks = {asyncio.create_task(self._deliver_group(msg, data, domain, rcpts)): rcpts
-                 for domain, rcpts in self._groups(msg).items()}
+        """All domains at once; each group's results saved as soon as they are known (for a
+        remote group: after the reply to the final dot, before QUIT)."""
+        saving = asyncio.Lock()  # one save at a time, so the last one written has everything
+        recorded: set[int] = set()  # id() of the recipients whose outcome is applied
+
+        async def record(rcpts: list[Recipient], outcomes: dict[str, client.Outcome]) -> None:
+            fresh = [r for r in rcpts if id(r) not in recorded]
+            for rcpt in fresh:
+                recorded.add(id(rcpt))
+                self._apply(rcpt, outcomes[rcpt.address], now)
+            if fresh:
+                async with saving:
+                    await self._save(msg)
+
+        async def deliver(domain: str, rcpts: list[Recipient]) -> None:
+            try:
+                outcomes = await self._deliver_group(msg, data, domain, rcpts, record)
+            except client.RecordFailed as err:
+                if isinstance(err.__cause__, KeyError):
+                    raise err.__cause__ from None  # deleted meanwhile: attempt() drops it
+                raise
+            await record(rcpts, outcomes)
+
+        groups = self._groups(msg)
+        tasks = [asyncio.create_task(deliver(domain, rcpts)) for domain, rcpts in groups.items()]
         try:
-            for done in asyncio.as_completed(tasks):
-                try:
-                    rcpts, outcomes = await done
-                except Exception:  # one group's bug must not cost the others their results
-                    log.exception("queue: a delivery group of %s failed", msg.id)
-                    continue
-                for rcpt in rcpts:
-                    self._apply(rcpt, outcomes[rcpt.address], now)
-                await self._save(msg)
+            failures = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
-        for task, rcpts in tasks.items():
-            if not task.cancelled() and task.exception() is not None:
-                for rcpt in rcpts:
-                    self._apply(rcpt, client.Outcome(451, "4.3.0 Internal error, will retry"),
-                                now)
+        for rcpts, failure in zip(groups.values(), failures, strict=True):
+            if isinstance(failure, KeyError):
+                raise failure
+            if isinstance(failure, BaseException):
+                # One group's bug must not cost the others their results; what this one
+                # recorded before it failed stands, the rest is tried again.
+                log.error("queue: a delivery group of %s failed", msg.id, exc_info=failure)
+                await record(rcpts, {r.address: client.Outcome(
+                    451, "4.3.0 Internal error, will retry") for r in rcpts})
 
     async def _report(self, msg: QueuedMessage, data: bytes, now: float) -> None:
         """Queue the failure report owed and any delay warning due, then record that."""
@@ -275,14 +294,17 @@ class OutboundQueue:
             rcpt.status, rcpt.bounce_owed = FAILED, True
 
     async def _deliver_group(self, msg: QueuedMessage, data: bytes, domain: str,
-                             rcpts: list[Recipient]):
+                             rcpts: list[Recipient], record) -> dict[str, client.Outcome]:
+        """The outcome per address; a remote transaction also hands them to ``record``
+        before its QUIT, so a crash after the remote's 250 re-sends as little as it can."""
         addresses = [r.address for r in rcpts]
         if domain != RELAY and self.accounts.is_local_domain(domain):
-            return rcpts, await self._deliver_local(msg, data, addresses)
+            return await self._deliver_local(msg, data, addresses)
         out = self.config.outbound
         txn = client.Transaction(sender=msg.sender, recipients=addresses, message=data,
                                  helo=self.config.server.hostname, port=out.mx_port,
-                                 connect_timeout=out.connect_timeout, tls=self.loose_tls)
+                                 connect_timeout=out.connect_timeout, tls=self.loose_tls,
+                                 on_result=lambda outcomes: record(rcpts, outcomes))
         if domain == RELAY:
             relay = out.relay
             txn.port, txn.tls = relay.port, self.strict_tls
@@ -294,12 +316,11 @@ class OutboundQueue:
                 hosts = await mx_hosts(self.resolver, domain)
             except RouteError as err:
                 code = 550 if err.permanent else 451
-                return rcpts, {a: client.Outcome(code, f"{err.enhanced} {err}")
-                               for a in addresses}
+                return {a: client.Outcome(code, f"{err.enhanced} {err}") for a in addresses}
             hosts, txn.tls, refusal = await self._apply_mta_sts(domain, hosts)
             if refusal is not None:
-                return rcpts, {a: refusal for a in addresses}
-        return rcpts, await client.send(hosts, txn)
+                return {a: refusal for a in addresses}
+        return await client.send(hosts, txn)
 
     async def _apply_mta_sts(self, domain: str, hosts: list[MXHost]):
         if self.mtasts is None:

@@ -4,6 +4,8 @@ delivered are never sent again, and a report owed to the sender is never lost.""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import pytest
 
 from server.accounts import AccountStore
 from server.config import parse_config, render_config
+from server.outbound import client
 from server.outbound.queue_runner import OutboundQueue
+from server.outbound.route import MXHost
 from server.queue.spool import Spool
 from tests.support.sink import Sink
 
@@ -114,10 +118,10 @@ def test_a_failing_group_does_not_cost_the_others(world, monkeypatch):
         queue = OutboundQueue(config, store, spool, pool)
         original = queue._deliver_group
 
-        async def deliver_group(m, data, domain, rcpts):
+        async def deliver_group(m, data, domain, rcpts, record):
             if domain == "broken.test":
                 raise RuntimeError("a bug in one group")
-            return await original(m, data, domain, rcpts)
+            return await original(m, data, domain, rcpts, record)
 
         monkeypatch.setattr(queue, "_deliver_group", deliver_group)
         await queue.attempt(msg.id)
@@ -155,3 +159,72 @@ def test_entry_finished_before_a_crash_is_removed_at_start(world):
     run(scenario())
     assert spool.list() == []
     assert sink.messages == []  # finished, not sent again
+
+
+def test_results_are_saved_before_quit(world):
+    """The RFC 1047 window ends at the remote's reply to the final dot: the result is saved
+    before QUIT, so a receiver that is slow to answer QUIT (or a kill -9 meanwhile) cannot
+    make us send the message again."""
+    config, store, spool, pool, sink, _ = world
+    msg = spool.add("ann@example.test", ["bob@remote.test", "carl@remote.test"], (MSG,))
+    sink.handler.hold_quit = threading.Event()
+    statuses = []
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        attempt = asyncio.create_task(queue.attempt(msg.id))
+        deadline = time.monotonic() + 20
+        while not sink.handler.quits and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        statuses.extend(r.status for r in spool.get(msg.id).recipients)  # read from disk
+        assert not attempt.done()  # still waiting for the reply to QUIT
+        sink.handler.hold_quit.set()
+        await attempt
+
+    try:
+        run(scenario())
+    finally:
+        sink.handler.hold_quit.set()
+    assert statuses == ["delivered", "delivered"]
+    assert [m.recipients for m in sink.messages] == [["bob@remote.test", "carl@remote.test"]]
+    with pytest.raises(KeyError):
+        spool.get(msg.id)  # done and removed after QUIT
+
+
+def test_a_result_that_cannot_be_saved_is_not_sent_again(world):
+    """The save after the final dot fails (disk full): the result stays in memory, the
+    transaction still ends with QUIT, and the next attempt saves it instead of re-sending."""
+    config, store, spool, pool, sink, _ = world
+    msg = spool.add("ann@example.test", ["bob@remote.test"], (MSG,))
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        spool.save_failures = 1  # the save before QUIT
+        await queue.attempt(msg.id)
+        return queue
+
+    queue = run(scenario())
+    assert sink.handler.quits == 1
+    assert [m.recipients for m in sink.messages] == [["bob@remote.test"]]
+    assert msg.id not in queue.unsaved  # the save at the end of the attempt got it
+    with pytest.raises(KeyError):
+        spool.get(msg.id)
+
+
+def test_a_failure_to_record_does_not_try_the_next_host(world):
+    """The message went out; trying the next MX host after a failed record would send it
+    again. The error reaches the runner, which retries later (at least once, not twice now)."""
+    config, _, _, _, sink, _ = world
+    loose, _ = client.tls_contexts()
+
+    async def broken_record(outcomes):
+        raise RuntimeError("a bug while recording")
+
+    txn = client.Transaction(sender="ann@example.test", recipients=["bob@remote.test"],
+                             message=MSG, helo="mail.example.test", port=sink.port,
+                             connect_timeout=5, tls=loose, on_result=broken_record)
+    hosts = [MXHost("mx1.remote.test", 10, ("127.0.0.1",)),
+             MXHost("mx2.remote.test", 20, ("127.0.0.1",))]
+    with pytest.raises(client.RecordFailed):
+        run(client.send(hosts, txn))
+    assert len(sink.messages) == 1

@@ -7,6 +7,7 @@ For the real-MTA peer see ``postfix.py``.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
@@ -36,6 +37,9 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: int = 0
+    # Set: QUIT is answered only once it is released (a slow or silent receiver after DATA).
+    hold_quit: threading.Event | None = None
+    quits: int = 0  # QUIT commands received
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -58,6 +62,13 @@ class SinkHandler:
                                           or server.transport.get_extra_info("cipher") is not None,
                                           getattr(session.auth_data, "login", None)))
         return "250 2.0.0 Ok: queued"
+
+    async def handle_QUIT(self, server, session, envelope):
+        with self.lock:
+            self.quits += 1
+        while self.hold_quit is not None and not self.hold_quit.is_set():
+            await asyncio.sleep(0.02)
+        return "221 2.0.0 Bye"
 
 
 class Sink:
