@@ -324,6 +324,10 @@ class SMTPSection:
     shutdown_grace: float = option(
         30.0, "On SIGTERM, seconds to let transactions in progress finish before closing.",
         _positive_float)
+    workers: int = option(
+        0, "Worker processes for the MX (port 25): the daemon accepts and applies the abuse "
+        "limits, the workers receive and store the mail, so inbound mail uses more than one "
+        "core. 0 receives in the daemon's own process.", _int_range(0, 64))
 
 
 @dataclass(frozen=True, slots=True)

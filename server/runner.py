@@ -36,6 +36,7 @@ from server.mtasts import MTASTS
 from server.outbound.queue_runner import OutboundQueue
 from server.pop3.server import POP3Context, POP3Listener
 from server.queue.spool import Spool
+from server.smtp.dispatch import MXDispatcher
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
@@ -193,9 +194,15 @@ class Daemon:
                                                    implicit_tls=name == "pop3s"))
                 continue
             handler = mx if name == "mx" else submission
-            self.listeners.append(SMTPListener(
+            listener = SMTPListener(
                 name, addr, handler, self.config, self.tls, submission=name != "mx",
-                implicit_tls=name == "submissions", guard=self.guard))
+                implicit_tls=name == "submissions", guard=self.guard)
+            if name == "mx" and self.config.smtp.workers:
+                listener = MXDispatcher(name, addr, listener, self.config,
+                                        self.config.smtp.workers, self.guard,
+                                        self.delivered, self.queue.wake)
+                self.certificates.on_installed = listener.reload_tls
+            self.listeners.append(listener)
         for listener in self.listeners:
             try:
                 await listener.start()

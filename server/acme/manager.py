@@ -91,6 +91,8 @@ class CertificateManager:
         self.responder = responder
         self.executor = executor
         self.client_factory = client_factory or _default_client
+        # Told after a new certificate is in ``tls``: the MX worker processes load it too.
+        self.on_installed = lambda: None
         self.renew_now_event = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.update_config(config)
@@ -260,6 +262,7 @@ class CertificateManager:
         make_private_dir(path.parent)
         atomic_write(path, issued.key_pem + issued.chain_pem, 0o600)
         reload_certificate(self.tls, path, None)
+        self.on_installed()
 
 
 def _first_key_block(pem: bytes) -> bytes:

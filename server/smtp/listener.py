@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 
@@ -76,6 +77,25 @@ class SMTPListener:
             ssl=self.tls_context if self.implicit_tls else None,
             ssl_handshake_timeout=30 if self.implicit_tls else None)
         log.info("%s listening on %s", self.name, self.listen)
+
+    async def adopt(self, sock: socket.socket, conn_id: str, slot) -> None:
+        """Serve a connection accepted and admitted elsewhere (``dispatch.MXDispatcher``):
+        ``slot.release()`` is called when it ends, ``conn_id`` names it in the logs."""
+        if len(self.connections) >= self.config.smtp.max_connections:
+            refuse_socket(sock, replies.TOO_MANY_CONNECTIONS)
+            slot.release()
+            return
+
+        def protocol() -> SMTPProtocol:
+            smtp = self._smtp(slot)
+            smtp.conn_id = conn_id
+            return smtp
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+        except OSError as err:  # the client went away while being handed over
+            log.info("conn=%s lost before the greeting: %s", conn_id, err)
+            sock.close()
+            slot.release()
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -155,3 +175,12 @@ class _Refuse(asyncio.Protocol):
                     transport.get_extra_info("peername"))
         transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode("ascii"))
         transport.close()
+
+
+def refuse_socket(sock: socket.socket, reply: replies.Reply) -> None:
+    """421 on a plain socket and close it; the line fits any socket buffer, so it never blocks."""
+    try:
+        sock.send(f"{reply}\r\n".encode("ascii"))
+    except OSError:
+        pass
+    sock.close()

@@ -1,0 +1,253 @@
+"""The MX listener with ``[smtp] workers`` > 0: accept here, serve in worker processes.
+
+One Python process delivers at most what one core can parse and log (docs/flow.md); a busy MX
+needs more. The daemon keeps the listening socket and, per connection, does what must be
+decided in one place -- the connection limit and the abuse guard's bans and per-IP limits --
+then hands the socket to the worker with the fewest open connections (``worker.py``). Workers
+report back when a connection ends (its guard slot is released), when mail was delivered (IDLE
+sessions hear of it) and when a message was queued (the outbound queue wakes).
+
+A worker that is not ready (starting, restarting after a crash, its channel full) is skipped;
+with none ready, the daemon serves the connection itself, so the MX never stops answering. A
+dead worker is restarted after a pause that doubles up to a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from server.abuse import BANNED, RATE, Guard, Refused
+from server.config import Config, Listen
+from server.smtp import replies
+from server.smtp.listener import SMTPListener, refuse_socket
+from server.smtp.protocol import new_conn_id
+
+log = logging.getLogger("mailstead.smtp")
+
+ACCEPT_BATCH = 64
+RESTART_DELAY = (1.0, 60.0)
+MAX_PACKET = 64 * 1024
+
+
+def send(channel: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    """One message on a worker channel: a JSON object per packet, descriptors attached."""
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if fds:
+        socket.send_fds(channel, [data], fds)
+    else:
+        channel.send(data)
+
+
+class Worker:
+    """One worker process and its end of the channel, as the daemon sees them."""
+
+    def __init__(self, index: int, dispatcher: MXDispatcher):
+        self.index = index
+        self.dispatcher = dispatcher
+        self.proc: subprocess.Popen | None = None
+        self.channel: socket.socket | None = None
+        self.ready = False
+        self.open: set[str] = set()
+        self.started = 0.0
+        self.delay = RESTART_DELAY[0]
+        self.exited = asyncio.Event()
+
+    def spawn(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        config = self.dispatcher.config
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.smtp.worker", "--config", str(config.path),
+             "--channel", str(theirs.fileno()), "--parent", str(os.getpid()),
+             "--index", str(self.index)],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        ours.setblocking(False)
+        self.channel, self.ready, self.started = ours, False, time.monotonic()
+        self.exited.clear()
+        asyncio.get_running_loop().add_reader(ours, self._readable)
+        log.info("mx worker %d started (pid %d)", self.index, self.proc.pid)
+
+    def tell(self, message: dict, fds: list[int] | None = None) -> bool:
+        if self.channel is None:
+            return False
+        try:
+            send(self.channel, message, fds)
+            return True
+        except (BlockingIOError, ConnectionError, OSError):
+            return False
+
+    def _readable(self) -> None:
+        while self.channel is not None:
+            try:
+                data = self.channel.recv(MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            try:
+                self.dispatcher.message(self, json.loads(data))
+            except Exception:
+                log.exception("mx worker %d: bad message", self.index)
+
+    def _lost(self) -> None:
+        """The channel closed: the worker exited (or was killed). Its connections are gone."""
+        asyncio.get_running_loop().remove_reader(self.channel)
+        self.channel.close()
+        self.channel, self.ready = None, False
+        for conn_id in list(self.open):
+            self.dispatcher.closed(self, conn_id)
+        asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        code = await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
+        self.exited.set()
+        if self.dispatcher.stopping:
+            return
+        lived = time.monotonic() - self.started
+        self.delay = RESTART_DELAY[0] if lived > RESTART_DELAY[1] else \
+            min(self.delay * 2, RESTART_DELAY[1])
+        log.error("mx worker %d (pid %d) exited with %s; restarting in %.0f s", self.index,
+                  self.proc.pid, code, self.delay)
+        await asyncio.sleep(self.delay)
+        if not self.dispatcher.stopping:
+            self.spawn()
+
+
+class MXDispatcher:
+    """Looks like a listener to the daemon (start, stop_accepting, drain, update_config)."""
+
+    def __init__(self, name: str, listen: Listen, local: SMTPListener, config: Config,
+                 workers: int, guard: Guard | None, on_delivered, on_queued):
+        self.name = name
+        self.listen = listen
+        self.local = local  # serves connections while no worker is ready
+        self.config = config
+        self.guard = guard
+        self.on_delivered = on_delivered
+        self.on_queued = on_queued
+        self.workers = [Worker(i, self) for i in range(workers)]
+        self.slots: dict[str, object] = {}
+        self.sock: socket.socket | None = None
+        self.stopping = False
+        self.turn = 0
+
+    async def start(self) -> None:
+        host = self.listen.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, self.listen.port), family=family, backlog=512)
+        self.sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.sock, self._accept)
+        for worker in self.workers:
+            worker.spawn()
+        log.info("%s listening on %s (%d worker processes)", self.name, self.listen,
+                 len(self.workers))
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EMFILE and friends: try again at the next wakeup
+                log.error("%s: accept failed: %s", self.name, err)
+                return
+            self._dispatch(conn, peer[0] if isinstance(peer, tuple) else "unknown")
+
+    def _dispatch(self, conn: socket.socket, ip: str) -> None:
+        conn.setblocking(False)
+        conn_id = new_conn_id()
+        if len(self.slots) + len(self.local.connections) >= self.config.smtp.max_connections:
+            log.warning("%s: connection limit reached, refusing %s", self.name, ip)
+            refuse_socket(conn, replies.TOO_MANY_CONNECTIONS)
+            return
+        slot = _NoSlot()
+        if self.guard is not None:
+            try:
+                slot = self.guard.admit(ip, self.name, conn_id)
+            except Refused as refusal:
+                refuse_socket(conn, {BANNED: replies.BANNED, RATE: replies.CONNECTION_RATE}.get(
+                    refusal.reason, replies.TOO_MANY_CONNECTIONS))
+                return
+        # Fewest open connections first; among equals, take turns.
+        self.turn = (self.turn + 1) % len(self.workers)
+        n = len(self.workers)
+        for worker in sorted((w for w in self.workers if w.ready),
+                             key=lambda w: (len(w.open), (w.index - self.turn) % n)):
+            if worker.tell({"op": "conn", "id": conn_id}, [conn.fileno()]):
+                worker.open.add(conn_id)
+                self.slots[conn_id] = slot
+                conn.close()  # the worker has its own descriptor now
+                return
+        asyncio.ensure_future(self.local.adopt(conn, conn_id, slot))
+
+    def message(self, worker: Worker, message: dict) -> None:
+        op = message.get("op")
+        if op == "closed":
+            self.closed(worker, str(message.get("id")))
+        elif op == "delivered":
+            self.on_delivered(list(message["addresses"]), str(message.get("folder", "INBOX")))
+        elif op == "queued":
+            self.on_queued(str(message["id"]))
+        elif op == "ready":
+            worker.ready = True
+            log.info("mx worker %d ready (pid %s)", worker.index, message.get("pid"))
+
+    def closed(self, worker: Worker, conn_id: str) -> None:
+        worker.open.discard(conn_id)
+        slot = self.slots.pop(conn_id, None)
+        if slot is not None:
+            slot.release()
+
+    def update_config(self, config: Config) -> None:
+        self.config = config
+        self.local.update_config(config)
+        for worker in self.workers:
+            worker.tell({"op": "reload"})
+
+    def reload_tls(self) -> None:
+        """A new certificate was installed in the daemon's context: the workers load it too."""
+        for worker in self.workers:
+            worker.tell({"op": "tls"})
+
+    def stop_accepting(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock)
+            self.sock.close()
+            self.sock = None
+        self.local.stop_accepting()
+
+    async def drain(self, grace: float) -> None:
+        """Workers finish their transactions as the in-process listener does (421 to idle
+        clients, ``grace`` seconds for the rest); one that does not exit in time is killed."""
+        self.stopping = True
+        running = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for worker in running:
+            if not worker.tell({"op": "stop", "grace": grace}):
+                worker.proc.terminate()
+        await self.local.drain(grace)
+        for worker in running:
+            try:
+                await asyncio.wait_for(worker.exited.wait(), grace + 15)
+            except TimeoutError:
+                log.error("mx worker %d did not stop; killing it", worker.index)
+                worker.proc.kill()
+                await asyncio.get_running_loop().run_in_executor(None, worker.proc.wait)
+
+
+class _NoSlot:
+    def release(self) -> None:
+        pass
