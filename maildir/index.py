@@ -34,16 +34,21 @@ So a restart costs up to MODSEQ_BLOCK unused values (MODSEQs are 63-bit) and a r
 QRESYNC clients refetch flags, which is the right thing after losing them.
 
 Threads and processes.  One ``MailboxIndex`` per user per process, shared by all sessions.
-Readers run concurrently (one SQLite connection per thread, WAL).  Writers of one folder are
+Readers run concurrently (WAL): each public call borrows a SQLite connection from the index's
+pool for its duration, so a user has as many connections as calls run at once for them (at
+most ``IDLE_CONNECTIONS`` kept between calls), not one per worker thread that ever served
+them.  Writers of one folder are
 serialised by the uidlist lock: a thread lock plus flock, so the admin CLI in another
 process is serialised too.  Writers of different folders only meet at SQLite's short commit.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -56,6 +61,12 @@ from maildir.index_sync import SyncResult, sync_folder
 from maildir.keywords import imap_flags, split_keywords
 
 DEFAULT_DIRTY_WINDOW = 2.0  # seconds; see index_sync for what it trades
+# Connections an index keeps open between calls. A connection is ~100-600 KiB of SQLite memory
+# (page cache, schema, cached statements); keeping one per worker thread per user instead
+# made a server with 16 threads and 50 busy users grow towards 800 of them (the soak test's
+# RSS rose for as long as it ran). More than this many calls at once for one user open extra
+# connections, closed when they are done.
+IDLE_CONNECTIONS = 4
 
 __all__ = [
     "MODSEQ_BLOCK",
@@ -114,6 +125,30 @@ def _infos(rows: Iterable[tuple]) -> list[MessageInfo]:
     ]
 
 
+def _lends_connections(index_of):
+    """Class decorator: every public method and property of the class runs with a connection
+    lent from the pool of ``index_of(self)`` (see MailboxIndex.connection)."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def wrapper(self, *args, **kwargs):
+            with index_of(self).connection():
+                return func(self, *args, **kwargs)
+        return wrapper
+
+    def decorate(cls):
+        for name, member in list(vars(cls).items()):
+            if name.startswith("_") or name in ("close", "connection"):
+                continue
+            if isinstance(member, property):
+                setattr(cls, name, property(wrap(member.fget), doc=member.__doc__))
+            elif callable(member):
+                setattr(cls, name, wrap(member))
+        return cls
+    return decorate
+
+
+@_lends_connections(lambda index: index)
 class MailboxIndex:
     """The index of one user's Maildir at ``root``.  Use one per user per process.
 
@@ -130,18 +165,45 @@ class MailboxIndex:
         self.dirty_window = dirty_window
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[sqlite3.Connection] = []  # all open: lent and idle
+        self._idle: list[sqlite3.Connection] = []
         self._folders: dict[str, FolderIndex] = {}
         sql.prepare(self.db_path, check=check)
 
     def _conn(self) -> sqlite3.Connection:
+        """The connection lent to this thread for the public call in progress."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            raise RuntimeError("index used outside a public call (no connection lent)")
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """Lend this thread a connection from the pool for the block (re-entrant: a call
+        inside a call keeps the outer one's connection, so its transaction too)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
             conn = sql.connect(self.db_path)
-            self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
-        return conn
+        self._local.conn = conn
+        try:
+            yield conn
+        finally:
+            self._local.conn = None
+            with self._lock:
+                keep = len(self._idle) < IDLE_CONNECTIONS and conn in self._conns
+                if keep:
+                    self._idle.append(conn)
+                elif conn in self._conns:
+                    self._conns.remove(conn)
+            if not keep:
+                conn.close()
 
     def folder(self, name: str) -> FolderIndex:
         """The index of folder ``name``, synced on first use in this process.
@@ -176,7 +238,7 @@ class MailboxIndex:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns, self._idle = self._conns, [], []
             self._folders.clear()
         for conn in conns:
             conn.close()
@@ -189,6 +251,7 @@ class MailboxIndex:
         self.close()
 
 
+@_lends_connections(lambda folder: folder.index)
 class FolderIndex(FolderState):
     """One folder's index.  Thread-safe; get it from ``MailboxIndex.folder``.
 

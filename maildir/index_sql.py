@@ -105,8 +105,8 @@ MSG_COLUMNS = ", ".join(MsgRow._fields)
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    # check_same_thread=False only so that close() may run in another thread; each
-    # connection is used by the one thread that opened it (MailboxIndex keeps one per thread).
+    # check_same_thread=False: MailboxIndex lends a connection to one thread at a time, not
+    # always the one that opened it, and close() may run in yet another.
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False,
         cached_statements=32,
@@ -115,8 +115,8 @@ def connect(path: Path) -> sqlite3.Connection:
     # Reads of a 100k-message folder go through the page cache shared by all connections.
     conn.execute("PRAGMA mmap_size=268435456")
     # With reads mapped, each connection's private page cache only holds pages being written:
-    # 512 KiB rather than SQLite's 2 MiB default, as there is a connection per worker thread
-    # per user (hundreds on a busy server), each of which would grow its own to the limit.
+    # 512 KiB rather than SQLite's 2 MiB default, as there are a few connections per user
+    # (hundreds on a busy server), each of which would grow its own to the limit.
     conn.execute("PRAGMA cache_size=-512")
     return conn
 
@@ -205,7 +205,7 @@ def chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
 def in_list(part: Sequence[int]) -> tuple[str, tuple[int, ...]]:
     """``?`` marks and parameters for ``IN (...)``, padded (with a repeat of the last value)
     to a power of two, at most CHUNK.  Every distinct SQL text stays in each connection's
-    statement cache (128 of them, and there is one connection per thread per user): one text
+    statement cache (32 of them, and there are a few connections per user): one text
     per list length grew the server's heap for as long as it ran (found by the soak test)."""
     size = min(CHUNK, 1 << max(len(part) - 1, 0).bit_length())
     params = (*part, *(part[-1:] * (size - len(part))))
