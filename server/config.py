@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,22 @@ def _int_range(lo: int, hi: int | None = None):
         return value
 
     return check
+
+
+def _workers(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f'must be "auto" or a number of processes, got {value!r}')
+    return _int_range(0, 64)(value)
+
+
+def worker_count(setting: int | str) -> int:
+    """``[smtp] workers`` as a number: "auto" is one per usable CPU, none with only one."""
+    if setting != "auto":
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0))
+    return min(cpus, 8) if cpus >= 2 else 0
 
 
 def _positive_float(value: Any) -> float:
@@ -324,10 +341,11 @@ class SMTPSection:
     shutdown_grace: float = option(
         30.0, "On SIGTERM, seconds to let transactions in progress finish before closing.",
         _positive_float)
-    workers: int = option(
-        0, "Worker processes for the MX (port 25): the daemon accepts and applies the abuse "
-        "limits, the workers receive and store the mail, so inbound mail uses more than one "
-        "core. 0 receives in the daemon's own process.", _int_range(0, 64))
+    workers: int | str = option(
+        "auto", "Worker processes for the MX (port 25): the daemon accepts and applies the "
+        "abuse limits, the workers receive and store the mail, so inbound mail uses more than "
+        "one core. 0 receives in the daemon's own process; \"auto\" starts one per CPU (at "
+        "most 8) on a machine with two or more, else none.", _workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,7 +789,7 @@ def render_config(hostname: str, data_dir: Path, listen: dict[str, str],
 
 
 _KIND_NAMES = {str: "string", int: "integer", float: "number", Path: "path", bool: "boolean",
-               tuple[str, ...]: "list of strings"}
+               tuple[str, ...]: "list of strings", int | str: '"auto" or integer'}
 
 
 def describe(markdown: bool = False) -> str:

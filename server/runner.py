@@ -27,7 +27,7 @@ from server.accounts import AccountStore
 from server.acme.manager import CertificateManager, tls_files
 from server.acme.responder import ChallengeResponder
 from server.authlimit import AuthThrottle
-from server.config import Config, ConfigError, load_config
+from server.config import Config, ConfigError, load_config, worker_count
 from server.dkimsign import DKIMSigner
 from server.dnsresolve import make_resolver
 from server.imap.notify import ChangeHub
@@ -197,9 +197,9 @@ class Daemon:
             listener = SMTPListener(
                 name, addr, handler, self.config, self.tls, submission=name != "mx",
                 implicit_tls=name == "submissions", guard=self.guard)
-            if name == "mx" and self.config.smtp.workers:
-                listener = MXDispatcher(name, addr, listener, self.config,
-                                        self.config.smtp.workers, self.guard,
+            workers = worker_count(self.config.smtp.workers)
+            if name == "mx" and workers:
+                listener = MXDispatcher(name, addr, listener, self.config, workers, self.guard,
                                         self.delivered, self.queue.wake)
                 self.certificates.on_installed = listener.reload_tls
             self.listeners.append(listener)

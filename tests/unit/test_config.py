@@ -419,3 +419,27 @@ def test_docs_config_md_is_generated_from_the_config():
     doc = REPO / "docs" / "config.md"
     assert doc.read_text(encoding="utf-8") == describe(markdown=True), (
         "docs/config.md is stale: mailstead config describe --markdown > docs/config.md")
+
+
+# --- [smtp] workers ---
+
+
+def test_smtp_workers_auto_by_default_and_counted_from_the_cpus(monkeypatch):
+    import os
+
+    from server.config import worker_count
+
+    assert _parse().smtp.workers == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert worker_count("auto") == 0  # one CPU: a worker would only add a process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert worker_count("auto") == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert worker_count("auto") == 8
+    assert worker_count(_parse("[smtp]\nworkers = 3\n").smtp.workers) == 3
+    assert worker_count(_parse("[smtp]\nworkers = 0\n").smtp.workers) == 0
+
+
+@pytest.mark.parametrize("value", ['"many"', "-1", "65", "true", "1.5"])
+def test_smtp_workers_bad_values(value):
+    assert _only_problem(f"[smtp]\nworkers = {value}\n").startswith("[smtp] workers: must be")
