@@ -2,7 +2,8 @@
 
 The sender calls ``DKIMSigner.sign(message, domain)`` for a message from a local domain and
 prepends what it returns. Keys come from ``server/dkimkeys.py`` (``dkim/<domain>/``); dkimpy does
-the canonicalisation and the cryptography, nothing here is hand-rolled.
+the canonicalisation and builds the field, OpenSSL makes the RSA signature (``dkimrsa.py``),
+nothing here is hand-rolled.
 
 A domain with keys of both algorithms gets two signatures, RSA first. A verifier that does not
 know ed25519-sha256 (RFC 8463 §3) ignores that signature (RFC 6376 §6.1.1) and checks the RSA
@@ -19,6 +20,7 @@ from pathlib import Path
 import dkim
 
 from server import dkimkeys
+from server.dkimrsa import PreparedKey
 
 # RFC 6376 §3.5 (h=) and §5.4.1: the fields worth protecting; the list is ours rather than
 # dkimpy's defaults, which differ between versions. In h= order; each is signed once per
@@ -51,6 +53,11 @@ CANONICALIZATION = (b"relaxed", b"relaxed")
 
 # dkimkeys algorithm -> a= tag (RFC 6376 §3.3, RFC 8463 §3).
 _SIGNATURE_ALGORITHM = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+
+
+def _prepared(algorithm: str, private: bytes) -> bytes:
+    """RSA keys parsed once and signed with by OpenSSL (``server/dkimrsa.py``)."""
+    return PreparedKey(private) if algorithm == "rsa" else private
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,7 @@ class DKIMSigner:
             newest[key.algorithm] = key
         keys = tuple(
             _SigningKey(newest[alg].selector.encode("ascii"), _SIGNATURE_ALGORITHM[alg],
-                        newest[alg].dkimpy_private_key())
+                        _prepared(alg, newest[alg].dkimpy_private_key()))
             for alg in self.algorithms if alg in newest)
         # A domain without keys is not cached: one stat per message for a domain that should
         # not be signed anyway, and a domain added while running is signed from its first

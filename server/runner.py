@@ -127,7 +127,7 @@ class Daemon:
 
     @staticmethod
     def _mtasts(config: Config) -> MTASTS:
-        return MTASTS(make_resolver(config.dns), config.data_path("mta-sts"),
+        return MTASTS(make_resolver(config.dns, cache=True), config.data_path("mta-sts"),
                       https_port=config.outbound.https_port,
                       cafile=config.outbound.ca_file or None)
 

@@ -24,6 +24,7 @@ import dns.asyncresolver
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from server import dkimkeys
+from server.dkimrsa import PreparedKey
 from server.dkimsign import headers_to_sign
 from server.inbound.dkimcheck import LIBRARY_LOG
 from server.inbound.dnsfunc import TempDNSError, dkimpy_dnsfunc, prefetch_txt
@@ -114,7 +115,7 @@ def seal(message: bytes, *, authserv_id: str, key: dkimkeys.DKIMKey,
         parsed = dkim.DKIM(message)
         include = headers_to_sign(parsed.headers)
         lines = dkim.arc_sign(message, key.selector.encode("ascii"),
-                              key.domain.encode("ascii"), key.dkimpy_private_key(),
+                              key.domain.encode("ascii"), PreparedKey(key.dkimpy_private_key()),
                               authserv_id.encode("ascii"), include_headers=include,
                               timestamp=timestamp, logger=LIBRARY_LOG)
     except (dkim.DKIMException, OSError, ValueError) as err:

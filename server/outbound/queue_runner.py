@@ -64,7 +64,7 @@ class OutboundQueue:
 
     def update_config(self, config: Config) -> None:
         self.config = config
-        self.resolver = make_resolver(config.dns)
+        self.resolver = make_resolver(config.dns, cache=True)
         self.loose_tls, self.strict_tls = client.tls_contexts(config.outbound.ca_file)
 
     # --- scheduling ---

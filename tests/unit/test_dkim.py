@@ -309,3 +309,33 @@ def test_ed25519_without_pynacl_fails_at_startup(keydir, monkeypatch):
     with pytest.raises(RuntimeError, match="PyNaCl"):
         DKIMSigner(keydir, ed25519=True)
     DKIMSigner(keydir)  # RSA alone needs nothing more
+
+
+def test_openssl_rsa_signature_is_dkimpys_byte_for_byte(keydir, monkeypatch):
+    """server/dkimrsa.py swaps dkimpy's Python RSA for OpenSSL; PKCS#1 v1.5 is deterministic,
+    so with the clock fixed both give the same field, and dkimpy's own path is untouched."""
+    from server.dkimrsa import PreparedKey
+
+    monkeypatch.setattr(dkim.time, "time", lambda: 1_800_000_000)
+    [key] = [k for k in dkimkeys.keys_for(keydir, DOMAIN) if k.algorithm == "rsa"]
+    pem = key.dkimpy_private_key()
+    message = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: same\r\n\r\nbody\r\n"
+    include = [b"from", b"to", b"subject"]
+    python_rsa = []
+    real = dkim.crypto.rsa_decrypt
+    monkeypatch.setattr(dkim.crypto, "rsa_decrypt",
+                        lambda *a: python_rsa.append(1) or real(*a))
+    plain = dkim.DKIM(message).sign(b"s1", b"example.com", pem, include_headers=include)
+    assert python_rsa == [1]
+    fast = dkim.DKIM(message).sign(b"s1", b"example.com", PreparedKey(pem),
+                                   include_headers=include)
+    assert python_rsa == [1]  # OpenSSL signed it
+    assert fast == plain and b"b=" in fast
+    for algorithm, name in ((b"rsa-sha1", "sha1"),):
+        plain = dkim.DKIM(message).sign(b"s1", b"example.com", pem, include_headers=include,
+                                        signature_algorithm=algorithm)
+        fast = dkim.DKIM(message).sign(b"s1", b"example.com", PreparedKey(pem),
+                                       include_headers=include, signature_algorithm=algorithm)
+        assert fast == plain, name
+    with pytest.raises(ValueError):
+        PreparedKey(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
