@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -106,12 +107,24 @@ class FolderStatus(NamedTuple):
 
 class Changes(NamedTuple):
     """What changed after a MODSEQ (from one snapshot): ``messages`` with a higher MODSEQ
-    (new ones included, in UID order) and the UIDs ``expunged`` since."""
+    (new ones included, in UID order) and the UIDs ``expunged`` since (all of them: the index
+    never forgets an expunge, so a view of any earlier MODSEQ can be brought up to date)."""
 
     highestmodseq: int
     uidnext: int
     messages: list[MessageInfo]
     expunged: list[int]
+    uidvalidity: int = 0
+
+
+class View(NamedTuple):
+    """Every UID in order with its flags (one shared frozenset per distinct combination)."""
+
+    uidvalidity: int
+    highestmodseq: int
+    uidnext: int
+    uids: array
+    flags: list[frozenset[str]]
 
 
 class MessageGone(LookupError):
@@ -337,7 +350,19 @@ class FolderIndex(FolderState):
             else:
                 messages = _infos(sql.info_rows(conn, self._id, since=modseq))
                 expunged = sql.expunged_since(conn, self._id, modseq)
-        return Changes(row.highestmodseq, row.uidnext, messages, expunged)
+        return Changes(row.highestmodseq, row.uidnext, messages, expunged, row.uidvalidity)
+
+    def view(self) -> View:
+        """What SELECT loads, from one snapshot: UIDs and flags only, without building a
+        MessageInfo per message (a third of a second at 100,000)."""
+        conn = self._conn()
+        uids, flags = array("I"), []
+        with sql.read_txn(conn):
+            row = sql.folder_by_id(conn, self._id)
+            for uid, bits, keywords in sql.flag_rows(conn, self._id):
+                uids.append(uid)
+                flags.append(imap_flags(bits, keywords))
+        return View(row.uidvalidity, row.highestmodseq, row.uidnext, uids, flags)
 
     def status(self) -> FolderStatus:
         conn = self._conn()
@@ -371,17 +396,22 @@ class FolderIndex(FolderState):
 
     @property
     def first_unseen(self) -> int | None:
-        """UID of the first message without \\Seen (the session maps it to a sequence number)."""
-        return self.status().first_unseen
+        """UID of the first message without \\Seen (the session maps it to a sequence number);
+        one step down the unseen index, not the counts of ``status``."""
+        return sql.first_unseen(self._conn(), self._id)
 
     @property
     def total_size(self) -> int:
         return self.status().size
 
+    def defined_keywords(self) -> list[str]:
+        """The keywords this folder's Maildir keyword file names (a message may use them)."""
+        self._keywords.refresh()
+        return list(self._keywords.names())
+
     def keywords(self) -> list[str]:
         """Keywords defined in this folder (for FLAGS / PERMANENTFLAGS), sorted."""
-        self._keywords.refresh()
-        names = set(self._keywords.names())
+        names = set(self.defined_keywords())
         query = "SELECT DISTINCT keywords FROM messages WHERE folder = ? AND keywords != ''"
         for (text,) in self._conn().execute(query, (self._id,)):
             names.update(split_keywords(text))

@@ -323,6 +323,13 @@ def info_rows(
     return conn.execute(f"{_INFO} WHERE folder = ? ORDER BY uid", (folder_id,))
 
 
+def flag_rows(conn: sqlite3.Connection, folder_id: int) -> sqlite3.Cursor:
+    """(uid, flags, keywords) of every message, in UID order."""
+    return conn.execute(
+        "SELECT uid, flags, keywords FROM messages WHERE folder = ? ORDER BY uid", (folder_id,)
+    )
+
+
 def info_rows_of(conn: sqlite3.Connection, folder_id: int, uids: Iterable[int]) -> list[tuple]:
     """Info rows of the given UIDs that exist, in UID order."""
     wanted = sorted(set(uids))
@@ -352,6 +359,11 @@ def counts(conn: sqlite3.Connection, folder_id: int) -> tuple[int, int, int, int
         (folder_id,),
     ).fetchone()
     return count, size, unseen, first
+
+
+def first_unseen(conn: sqlite3.Connection, folder_id: int) -> int | None:
+    query = "SELECT min(uid) FROM messages WHERE folder = ? AND flags & 1 = 0"
+    return conn.execute(query, (folder_id,)).fetchone()[0]
 
 
 def get_cache(

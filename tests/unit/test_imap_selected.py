@@ -1,0 +1,129 @@
+"""The selected view's load (SELECT): from the index, or from the last loaded view plus what
+changed since -- which must give exactly what a load from scratch gives."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from maildir import Delivery, create_maildir, deliver
+from maildir.index import MailboxIndex
+from server.imap import selected
+from server.imap.selected import Selected
+
+SEEN, FLAGGED, DELETED = "\\Seen", "\\Flagged", "\\Deleted"
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    monkeypatch.setattr(selected._Snapshots, "MIN_MESSAGES", 1)
+    monkeypatch.setattr(selected, "_SNAPSHOTS", selected._Snapshots())
+    root = tmp_path / "alice"
+    create_maildir(root)
+    with MailboxIndex(root) as mi:
+        yield mi
+
+
+def add(index: MailboxIndex, n: int, start: int = 0) -> None:
+    for i in range(n):
+        deliver([Delivery(index.root, [b"Subject: m %d\r\n\r\nbody\r\n" % (start + i)])])
+    index.folder("INBOX").sync(full=True)
+
+
+def load(index: MailboxIndex) -> Selected:
+    view = Selected(index.folder("INBOX"), "INBOX", readonly=False, condstore=False,
+                    mailbox_index=index)
+    view.load()
+    return view
+
+
+def fresh(index: MailboxIndex) -> Selected:
+    """A load that cannot use a snapshot."""
+    selected._SNAPSHOTS = selected._Snapshots()
+    return load(index)
+
+
+def state(view: Selected) -> tuple:
+    return (list(view.uids), [frozenset(f) for f in view.flag_sets], view.modseq,
+            view.uidnext)
+
+
+def test_second_load_starts_from_the_first_and_sees_every_change(index):
+    add(index, 30)
+    first = load(index)
+    assert selected._SNAPSHOTS.get(index.folder("INBOX")) is not None
+    inbox = index.folder("INBOX")
+    inbox.store_flags([2, 5, 9], {SEEN}, "add")
+    inbox.store_flags([5], {FLAGGED, "$Label1"}, "add")
+    inbox.store_flags([7], {DELETED}, "add")
+    inbox.expunge([7, 11])
+    add(index, 3, start=100)
+    again = load(index)
+    assert state(again) == state(fresh(index))
+    assert 7 not in again.uids and 11 not in again.uids and len(again.uids) == 31
+    assert again.flags[5] == frozenset({SEEN, FLAGGED, "$Label1"})
+    # The first view is the first session's own: loading another never changes it.
+    assert len(first.uids) == 30 and first.flags[5] == frozenset()
+
+
+def test_random_changes_between_loads_always_match_a_fresh_load(index):
+    rng = random.Random(7)
+    add(index, 60)
+    load(index)
+    inbox = index.folder("INBOX")
+    for round_ in range(12):
+        uids = list(load(index).uids)
+        for _ in range(rng.randint(0, 4)):
+            action = rng.choice(["flag", "unflag", "expunge", "add"])
+            pick = rng.sample(uids, min(len(uids), rng.randint(1, 5)))
+            if action == "flag":
+                inbox.store_flags(pick, {rng.choice([SEEN, FLAGGED, "$Work"])}, "add")
+            elif action == "unflag":
+                inbox.store_flags(pick, {SEEN}, "remove")
+            elif action == "expunge" and len(uids) > 10:
+                inbox.expunge(pick)
+                uids = [u for u in uids if u not in pick]
+            else:
+                add(index, rng.randint(1, 3), start=1000 * (round_ + 1))
+        assert state(load(index)) == state(fresh(index)), round_
+
+
+def test_a_recreated_folder_is_never_served_from_the_old_snapshot(index, tmp_path):
+    add(index, 5)
+    load(index)
+    old = index.folder("INBOX")
+    assert selected._SNAPSHOTS.get(old) is not None
+    # Another object for the folder (after DELETE/RENAME, or a new process): no snapshot.
+    assert selected._SNAPSHOTS.get(object()) is None
+
+
+def test_small_folders_keep_no_snapshot(index, monkeypatch):
+    monkeypatch.setattr(selected._Snapshots, "MIN_MESSAGES", 10)
+    add(index, 5)
+    load(index)
+    assert selected._SNAPSHOTS.get(index.folder("INBOX")) is None
+
+
+def test_least_recently_used_folders_are_dropped(monkeypatch):
+    monkeypatch.setattr(selected._Snapshots, "MIN_MESSAGES", 0)
+    monkeypatch.setattr(selected._Snapshots, "MAX_FOLDERS", 2)
+    snaps = selected._Snapshots()
+    keys = [object() for _ in range(3)]
+    snap = selected._Snapshot(1, 1, 1, selected.array("I", [1]), selected.array("I", [0]))
+    snaps[keys[0]] = snap
+    snaps[keys[1]] = snap
+    snaps.get(keys[0])  # used: keys[1] is now the oldest
+    snaps[keys[2]] = snap
+    assert snaps.get(keys[1]) is None
+    assert snaps.get(keys[0]) is snap and snaps.get(keys[2]) is snap
+
+
+def test_view_knows_uidvalidity_and_keywords(index):
+    add(index, 4)
+    index.folder("INBOX").store_flags([2], {"$Work", SEEN}, "add")
+    view = load(index)
+    assert view.uidvalidity == index.folder("INBOX").uidvalidity != 0
+    assert view.keywords() == {"$Work"}
+    assert load(index).uidvalidity == view.uidvalidity  # from the snapshot too
+    assert index.folder("INBOX").first_unseen == 1
