@@ -32,6 +32,7 @@ from server.dkimsign import DKIMSigner
 from server.dnsresolve import make_resolver
 from server.imap.notify import ChangeHub
 from server.imap.server import IMAPContext, IMAPListener
+from server.malloctune import tune_malloc
 from server.memtrace import start_from_env as start_memtrace
 from server.mtasts import MTASTS
 from server.outbound.queue_runner import OutboundQueue
@@ -327,6 +328,7 @@ def tune_tls_buffers() -> None:
 def run(config: Config) -> int:
     setup_logging(config.log.level)
     tune_tls_buffers()
+    tune_malloc()
     start_memtrace()  # MAILSTEAD_MEMTRACE: tests/stress/soak.py --memtrace only
     try:
         return asyncio.run(_serve(config))
