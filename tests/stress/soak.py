@@ -9,7 +9,8 @@ One asyncio loop drives everything against one real instance on loopback:
 * one collector session per user that, every ``COLLECT_EVERY`` seconds, fetches the
   Message-IDs of new INBOX messages and expunges them: every message is counted exactly once,
   and the mailboxes (and the server's per-session state) stay small, so memory should be flat;
-* a sampler reading the server's RSS every ``sample_every`` seconds.
+* a sampler reading the server's RSS (the daemon's and its MX workers') every ``sample_every``
+  seconds.
 
 At the end: every message that got 250 was collected exactly once, no errors anywhere (SMTP
 exceptions or non-250 replies, IMAP NO/BAD/BYE, dropped connections, server tracebacks), every
@@ -80,7 +81,7 @@ class SoakReport:
     idle_ready: int = 0
     idle_with_exists: int = 0
     exists_pushes: int = 0
-    rss: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (s, rss_kib())
+    rss: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (s, tree_rss_kib())
     fds: list[int] = field(default_factory=list)
 
     def error(self, kind: str, text: str) -> None:
@@ -157,6 +158,20 @@ class SoakReport:
             f" last sample against half time: {self.endpoint_growth():+.1%} (heap "
             f"{self.endpoint_growth('RssAnon'):+.1%})",
         ])
+
+
+def tree_rss_kib(pid: int) -> dict[str, int]:
+    """rss_kib of the daemon plus its MX worker processes ([smtp] workers), which receive
+    and store the mail: the server's memory is all of theirs."""
+    total = rss_kib(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                for key, kib in rss_kib(int(child)).items():
+                    total[key] += kib
+            except FileNotFoundError:
+                pass  # ended meanwhile
+    return total
 
 
 class ImapError(Exception):
@@ -367,7 +382,7 @@ class Soak:
     async def sampler(self) -> None:
         pid = self.inst.proc.pid
         while True:
-            self.report.rss.append((time.monotonic() - self.started, rss_kib(pid)))
+            self.report.rss.append((time.monotonic() - self.started, tree_rss_kib(pid)))
             self.report.fds.append(len(list(Path(f"/proc/{pid}/fd").iterdir())))
             await asyncio.sleep(self.sample_every)
 
