@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -271,6 +272,10 @@ class Daemon:
 
     async def serve(self) -> int:
         await self.start()
+        # Everything made so far (modules, config, listeners) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it, which was
+        # tens of milliseconds of every big FETCH or SEARCH.
+        gc.freeze()
         pidfile = self.config.data_path("mailstead.pid")
         cleaner = asyncio.create_task(self.clean_tmp_forever())
         self.queue.start()

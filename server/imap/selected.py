@@ -103,6 +103,14 @@ class _Flags:
         self.view.flag_sets[i] = _shared(flags)
 
 
+class _EncodedFlags(dict):
+    """FlagColumn id -> ``FLAGS (...)``, each distinct set encoded when first asked for."""
+
+    def __missing__(self, fid: int) -> bytes:
+        encoded = self[fid] = b"FLAGS " + flag_list(sorted(_FLAG_TABLE[fid]))
+        return encoded
+
+
 class _Snapshot(NamedTuple):
     uidvalidity: int
     modseq: int
@@ -271,13 +279,13 @@ class Selected:
         if not self.uids:
             return []
         if uid:
-            largest = self.uids[-1]
-            out = set()
-            for lo, hi in seqset.intervals(largest):
+            # The intervals are sorted and disjoint, so the pairs come out in order, unique.
+            out: list[tuple[int, int]] = []
+            for lo, hi in seqset.intervals(self.uids[-1]):
                 start = bisect.bisect_left(self.uids, lo)
                 stop = bisect.bisect_right(self.uids, hi)
-                out.update((i + 1, self.uids[i]) for i in range(start, stop))
-            return sorted(out)
+                out += zip(range(start + 1, stop + 1), self.uids[start:stop], strict=True)
+            return out
         return [(n, self.uids[n - 1]) for n in seqset.values(len(self.uids))]
 
     # --- untagged updates ---
@@ -317,23 +325,24 @@ class Selected:
         rendered from the view alone. Each distinct flag set is encoded once per call."""
         ids = self.flag_sets.ids
         recent = self.recent
-        encoded: dict[int, bytes] = {}
-        out = []
-        for seq, uid in targets:
-            parts = []
-            for name in names:
-                if name == "UID":
-                    parts.append(b"UID %d" % uid)
-                elif uid in recent:
-                    parts.append(b"FLAGS " + flag_list(self.flag_names(uid)))
-                else:
-                    fid = ids[seq - 1]
-                    flags = encoded.get(fid)
-                    if flags is None:
-                        flags = encoded[fid] = b"FLAGS " + flag_list(sorted(_FLAG_TABLE[fid]))
-                    parts.append(flags)
-            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
-        return out
+        flags = _EncodedFlags()
+
+        def item(name: str, seq: int, uid: int) -> bytes:
+            if name == "UID":
+                return b"UID %d" % uid
+            if uid in recent:
+                return b"FLAGS " + flag_list(self.flag_names(uid))
+            return flags[ids[seq - 1]]
+
+        if names in (("UID", "FLAGS"), ("FLAGS", "UID")) and not recent:
+            # The whole-folder sync of every client: one formatting step per message.
+            if names[0] == "UID":
+                return [b"* %d FETCH (UID %d %s)\r\n" % (seq, uid, flags[ids[seq - 1]])
+                        for seq, uid in targets]
+            return [b"* %d FETCH (%s UID %d)\r\n" % (seq, flags[ids[seq - 1]], uid)
+                    for seq, uid in targets]
+        return [b"* %d FETCH (%s)\r\n" % (seq, b" ".join(item(n, seq, uid) for n in names))
+                for seq, uid in targets]
 
     def flag_names(self, uid: int) -> list[str]:
         flags = sorted(self.flags.get(uid, ()))

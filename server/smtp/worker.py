@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -169,6 +170,7 @@ class WorkerProcess:
         # The daemon coordinates shutdown: a terminal's Ctrl-C reaches the whole group.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGTERM, self.stop, self.config.smtp.shutdown_grace)
+        gc.freeze()  # as the daemon does (runner.py)
         self.tell({"op": "ready", "pid": os.getpid()})
         grace = await self.stopping
         self.closing = True

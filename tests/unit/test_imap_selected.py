@@ -127,3 +127,29 @@ def test_view_knows_uidvalidity_and_keywords(index):
     assert view.keywords() == {"$Work"}
     assert load(index).uidvalidity == view.uidvalidity  # from the snapshot too
     assert index.folder("INBOX").first_unseen == 1
+
+
+@pytest.mark.parametrize("names", [("UID", "FLAGS"), ("FLAGS", "UID"), ("FLAGS",), ("UID",)])
+@pytest.mark.parametrize("recent", [False, True])
+def test_uid_flags_lines_match_the_reference_rendering(index, names, recent):
+    add(index, 6)
+    inbox = index.folder("INBOX")
+    inbox.store_flags([2, 4], {SEEN}, "add")
+    inbox.store_flags([4, 5], {FLAGGED, "$Work"}, "add")
+    view = load(index)
+    view.recent = {5, 6} if recent else set()
+    targets = view.select(selected_seqset("2:*"), uid=True)
+    assert [u for _, u in targets] == [2, 3, 4, 5, 6]
+
+    def reference(seq: int, uid: int) -> bytes:
+        flags = sorted(view.flags[uid]) + (["\\Recent"] if uid in view.recent else [])
+        parts = {"UID": f"UID {uid}", "FLAGS": f"FLAGS ({' '.join(flags)})"}
+        return f"* {seq} FETCH ({' '.join(parts[n] for n in names)})\r\n".encode()
+
+    assert view.uid_flags_lines(targets, names) == [reference(s, u) for s, u in targets]
+
+
+def selected_seqset(text: str):
+    from server.imap.grammar.seqset import parse_sequence_set
+
+    return parse_sequence_set(text)
