@@ -461,6 +461,24 @@ class FolderIndex(FolderState):
         with sql.write_txn(conn):
             sql.put_cache(conn, self._id, kind, items)
 
+    def field_values(self, name: str) -> dict[int, bytes]:
+        """What ``put_field_values`` stored for header field ``name``, by UID."""
+        return sql.get_fields(self._conn(), self._id, name)
+
+    def field_uids(self, name: str) -> set[int]:
+        """The UIDs whose value of header field ``name`` is stored."""
+        return sql.field_uids(self._conn(), self._id, name)
+
+    def field_matches(self, name: str, needle: bytes) -> set[int]:
+        """The UIDs whose stored value of field ``name`` contains ``needle``."""
+        return sql.field_matches(self._conn(), self._id, name, needle)
+
+    def put_field_values(self, name: str, items: Iterable[tuple[int, bytes]]) -> None:
+        """Remember a header field's (decoded) value per UID, for later searches."""
+        conn = self._conn()
+        with sql.write_txn(conn):
+            sql.put_fields(conn, self._id, name, items)
+
     # -- changing (index_ops.py) ---------------------------------------------------------
 
     def store_flags(

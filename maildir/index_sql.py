@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 DB_NAME = "mailstead-index.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Another process (the admin CLI) or another folder's writer may hold the write lock for a
 # moment; SQLite's busy handler waits this long before giving up with "database is locked".
@@ -26,7 +26,7 @@ BUSY_TIMEOUT = 30.0
 # Parameters per "IN (...)" query; SQLite's default limit is 32766 since 3.32.
 CHUNK = 900
 
-_TABLES = ("folders", "messages", "expunged", "cache")
+_TABLES = ("folders", "messages", "expunged", "cache", "fields")
 _SCHEMA = (
     # new_/cur_recheck: 0 = the recorded mtime proves the directory unchanged; -1 = list it
     # on every sync (new/ changed too recently to trust its mtime); > 0 = trust the mtime
@@ -71,6 +71,12 @@ _SCHEMA = (
     """CREATE TABLE cache (
         folder INTEGER NOT NULL, uid INTEGER NOT NULL, kind TEXT NOT NULL, value BLOB,
         PRIMARY KEY (folder, uid, kind)) WITHOUT ROWID""",
+    # Header field values the IMAP layer searched (decoded), kept by field so that a search
+    # of a whole folder reads one range of short rows (schema 2).
+    """CREATE TABLE fields (
+        folder INTEGER NOT NULL, name TEXT NOT NULL, uid INTEGER NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (folder, name, uid)) WITHOUT ROWID""",
+    "CREATE INDEX fields_uid ON fields (folder, uid)",
 )
 
 
@@ -223,7 +229,7 @@ def folder_by_id(conn: sqlite3.Connection, folder_id: int) -> FolderRow:
 
 
 def drop_folder(conn: sqlite3.Connection, folder_id: int) -> None:
-    for table in ("messages", "expunged", "cache"):
+    for table in ("messages", "expunged", "cache", "fields"):
         conn.execute(f"DELETE FROM {table} WHERE folder = ?", (folder_id,))
     conn.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
 
@@ -286,6 +292,7 @@ def delete_messages(
     params = [(folder_id, uid) for uid in uids]
     conn.executemany("DELETE FROM messages WHERE folder = ? AND uid = ?", params)
     conn.executemany("DELETE FROM cache WHERE folder = ? AND uid = ?", params)
+    conn.executemany("DELETE FROM fields WHERE folder = ? AND uid = ?", params)
     conn.executemany(
         "INSERT OR REPLACE INTO expunged (folder, uid, modseq) VALUES (?, ?, ?)",
         [(folder_id, uid, modseq) for uid in uids],
@@ -385,4 +392,32 @@ def put_cache(
         "INSERT OR REPLACE INTO cache (folder, uid, kind, value) SELECT ?1, ?2, ?3, ?4"
         " WHERE EXISTS (SELECT 1 FROM messages WHERE folder = ?1 AND uid = ?2)",
         [(folder_id, uid, kind, value) for uid, value in items],
+    )
+
+
+def get_fields(conn: sqlite3.Connection, folder_id: int, name: str) -> dict[int, bytes]:
+    query = "SELECT uid, value FROM fields WHERE folder = ? AND name = ?"
+    return dict(conn.execute(query, (folder_id, name)))
+
+
+def field_uids(conn: sqlite3.Connection, folder_id: int, name: str) -> set[int]:
+    query = "SELECT uid FROM fields WHERE folder = ? AND name = ?"
+    return {uid for (uid,) in conn.execute(query, (folder_id, name))}
+
+
+def field_matches(conn: sqlite3.Connection, folder_id: int, name: str, needle: bytes) -> set[int]:
+    # instr, not LIKE: a plain substring test, with no wildcard characters to escape; on
+    # BLOBs it compares bytes, so NULs inside the values are ordinary bytes.
+    query = "SELECT uid FROM fields WHERE folder = ? AND name = ? AND instr(value, ?) > 0"
+    return {uid for (uid,) in conn.execute(query, (folder_id, name, needle))}
+
+
+def put_fields(
+    conn: sqlite3.Connection, folder_id: int, name: str, items: Iterable[tuple[int, bytes]]
+) -> None:
+    """Store values for UIDs that still exist (a message expunged meanwhile is skipped)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO fields (folder, name, uid, value) SELECT ?1, ?2, ?3, ?4"
+        " WHERE EXISTS (SELECT 1 FROM messages WHERE folder = ?1 AND uid = ?3)",
+        [(folder_id, name, uid, value) for uid, value in items],
     )

@@ -58,6 +58,9 @@ class Candidate:
     modseq: int
     recent: bool
     load: Callable[[], bytes] = field(repr=False)
+    # Decoded values of header fields known without reading the file (the index keeps
+    # what earlier searches found): ``fields.get(name)`` is a list, or None if not known.
+    fields: object = field(default=None, repr=False)
 
 
 def fold(text: str) -> str:
@@ -98,8 +101,18 @@ class _Message:
             out.setdefault(name, []).append(unfold(self.header[start:end]))
         return out
 
+    def known(self, name: str) -> list[str] | None:
+        return self.c.fields.get(name) if self.c.fields is not None else None
+
+    def has_field(self, name: str) -> bool:
+        known = self.known(name)
+        return bool(known) if known is not None else name in self.fields
+
     def decoded(self, name: str) -> list[str]:
         """The field's values, RFC 2047-decoded and folded."""
+        known = self.known(name)
+        if known is not None:
+            return known
         if name not in self._decoded:
             self._decoded[name] = [fold(decode_words(v)) for v in self.fields.get(name, ())]
         return self._decoded[name]
@@ -206,7 +219,7 @@ def _compile(key, largest_seq: int, largest_uid: int) -> _Test:
     if name == "HEADER":
         field_name, needle = args[0].lower(), _text(args[1])
         if not needle:
-            return lambda m: field_name in m.fields  # RFC 9051 §6.4.4: "" matches the field
+            return lambda m: m.has_field(field_name)  # RFC 9051 §6.4.4: "" matches the field
         return lambda m: any(needle in value for value in m.decoded(field_name))
     if name == "BODY":
         needle = _text(args[0])
@@ -229,8 +242,78 @@ def matches(key, c: Candidate, *, largest_seq: int, largest_uid: int) -> bool:
     return _compile(key, largest_seq, largest_uid)(_Message(c))
 
 
-def search(key, candidates: Iterable[Candidate], *, largest_seq: int,
-           largest_uid: int) -> list[Candidate]:
-    """The candidates that match ``key``, in the order given; each loaded at most once."""
+def search(key, candidates: Iterable[Candidate], *, largest_seq: int, largest_uid: int,
+           learned: dict[str, dict[int, list[str]]] | None = None) -> list[Candidate]:
+    """The candidates that match ``key``, in the order given; each loaded at most once.
+
+    ``learned`` (if given) collects the decoded header fields read from files on the way,
+    by field name and UID, for the caller to keep (``Candidate.fields`` next time).
+    """
     test = _compile(key, largest_seq, largest_uid)
-    return [c for c in candidates if test(_Message(c))]
+    if learned is None:
+        return [c for c in candidates if test(_Message(c))]
+    found = []
+    for c in candidates:
+        m = _Message(c)
+        if test(m):
+            found.append(c)
+        for name, values in m._decoded.items():
+            learned.setdefault(name, {})[c.uid] = values
+    return found
+
+
+def known_matches(key, every: set[int], field_match, flag_match) -> set[int] | None:
+    """The UIDs matching a key made only of header-field and flag keys, by set algebra over
+    what the index answers without reading files -- ``field_match(name, needle)``: the UIDs
+    whose decoded field contains the (folded) needle, or None if some value is not known;
+    ``flag_match(test)``: the UIDs whose lower-case flags and keywords pass ``test``. None
+    for any other key (then ``search``): a search of 100,000 messages makes no object or
+    call per message."""
+    name = key.name.upper()
+    args = key.args
+    if name in ("AND", "OR", "NOT"):
+        parts = []
+        for child in args:
+            part = known_matches(child, every, field_match, flag_match)
+            if part is None:
+                return None
+            parts.append(part)
+        if name == "NOT":
+            return every - parts[0]
+        if name == "AND":
+            return set.intersection(every, *parts)
+        return set().union(*parts)
+    if name == "ALL":
+        return set(every)
+    if name in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[name]
+        return flag_match(lambda flags: (flag in flags) == wanted)
+    if name in ("KEYWORD", "UNKEYWORD"):
+        keyword, wanted = args[0].lower(), name == "KEYWORD"
+        return flag_match(lambda flags: (keyword in flags) == wanted)
+    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER"):
+        needle = _text(args[-1])
+        if not needle:
+            return None
+        return field_match(name.lower() if name != "HEADER" else args[0].lower(), needle)
+    return None
+
+
+def header_fields(key) -> set[str]:
+    """The header fields (lower case) whose decoded values ``key`` compares."""
+    name = key.name.upper()
+    if name in ("AND", "OR", "NOT"):
+        return set().union(*(header_fields(child) for child in key.args))
+    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        return {name.lower()}
+    if name == "HEADER":
+        return {key.args[0].lower()}
+    return set()
+
+
+def needs_info(key) -> bool:
+    """True if ``key`` compares size, INTERNALDATE or MODSEQ (the index's message rows)."""
+    name = key.name.upper()
+    if name in ("AND", "OR", "NOT"):
+        return any(needs_info(child) for child in key.args)
+    return name in ("LARGER", "SMALLER", "MODSEQ", "BEFORE", "ON", "SINCE")

@@ -212,6 +212,11 @@ class Selected:
         self.modseq = max(self.modseq, changes.highestmodseq)
         self.uidnext = changes.uidnext
 
+    @staticmethod
+    def flag_sets_table(fid: int) -> frozenset:
+        """The flag set behind a ``flag_sets.ids`` entry."""
+        return _FLAG_TABLE[fid]
+
     def keywords(self) -> set[str]:
         """The keywords (flags without a backslash) some message of the view has."""
         table = _FLAG_TABLE
