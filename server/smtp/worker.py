@@ -36,6 +36,7 @@ from pathlib import Path
 from server.accounts import AccountStore
 from server.acme.manager import tls_files
 from server.config import Config, ConfigError, load_config
+from server.malloctune import tune_malloc
 from server.queue.spool import Spool
 from server.runner import load_tls, setup_logging, tune_tls_buffers
 from server.smtp.dispatch import MAX_PACKET, send
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s %(name)s[w{args.index}]: %(message)s"))
     tune_tls_buffers()
+    tune_malloc()
     channel = socket.socket(fileno=args.channel)
     return asyncio.run(WorkerProcess(config, channel, args.index).serve())
 
