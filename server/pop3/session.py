@@ -5,7 +5,8 @@ The maildrop is a snapshot of INBOX taken at login: messages delivered later are
 until the next session (§8). DELE only marks; the deletions happen at QUIT (UPDATE), so a
 dropped connection deletes nothing. UIDLs are the IMAP UID and UIDVALIDITY (Dovecot's form), so
 they are stable across sessions and whatever IMAP clients do meanwhile. RETR marks \\Seen for
-IMAP. One POP3 session per user at a time (``-ERR [IN-USE]``); IMAP sessions carry on.
+IMAP (in batches: at QUIT, when the connection ends, or every 500). One POP3 session per user
+at a time (``-ERR [IN-USE]``); IMAP sessions carry on.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Session:
         self.folder = None
         self.uidvalidity = 0
         self.quit = False
+        self.retrieved: set[int] = set()  # UIDs RETRieved, not yet marked \Seen
 
     # --- dispatch ---
 
@@ -233,12 +235,29 @@ class Session:
     async def cmd_retr(self, arg: str) -> list[bytes]:
         _, m = self._message(arg)
         data = await self._read(m)
-        loop = asyncio.get_running_loop()
-        # Read over POP3 means read for IMAP too.
-        await loop.run_in_executor(self.ctx.executor, self.folder.store_flags, [m.uid],
-                                   {"\\Seen"}, "add")
-        self.ctx.changed(self.user.address)
+        # Read over POP3 means read for IMAP too: marked in batches (at QUIT, when the
+        # connection ends, or every SEEN_BATCH), as Dovecot does, not a rename and an index
+        # transaction per message while a client downloads ten thousand.
+        self.retrieved.add(m.uid)
+        if len(self.retrieved) >= SEEN_BATCH:
+            await self.mark_seen()
         return [ok(f"{len(data)} octets"), dot_stuff(data), b".\r\n"]
+
+    async def mark_seen(self) -> None:
+        uids = sorted(self.retrieved - {m.uid for m in self.messages if m.deleted})
+        self.retrieved.clear()
+        if not uids:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.ctx.executor, self.folder.store_flags, uids,
+                                       {"\\Seen"}, "add")
+        except (OSError, RuntimeError) as err:  # (RuntimeError: the pool is shut down)
+            # A flag is not worth failing the session for.
+            log.warning("conn=%s marking %d message(s) seen failed: %s", self.conn_id,
+                        len(uids), err)
+            return
+        self.ctx.changed(self.user.address)
 
     async def cmd_top(self, arg: str) -> list[bytes]:
         parts = arg.split()
@@ -277,6 +296,7 @@ class Session:
         if self.state != TRANSACTION:
             return [ok("Bye")]
         self.state = UPDATE
+        await self.mark_seen()
         doomed = [m.uid for m in self.messages if m.deleted]
         if doomed:
             loop = asyncio.get_running_loop()
@@ -291,8 +311,13 @@ class Session:
 
     async def close(self) -> None:
         if self.user is not None:
-            self.ctx.unlock(self.user.address, self)
+            try:
+                await self.mark_seen()  # a client that hung up without QUIT still read them
+            finally:
+                self.ctx.unlock(self.user.address, self)
 
+
+SEEN_BATCH = 500
 
 AUTH_ONLY = (AUTHORIZATION,)
 TRANS_ONLY = (TRANSACTION,)

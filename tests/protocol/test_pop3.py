@@ -161,6 +161,25 @@ def test_retr_marks_seen_and_imap_sees_pop3_deletions(mx, user):
         assert b"* 1 FETCH (FLAGS (\\Seen))" in lines
 
 
+def test_retr_is_marked_seen_when_the_client_hangs_up_without_quit(mx, user):
+    deliver(mx, user, "read, then the line dropped")
+    deliver(mx, user, "not read")
+    p = pop(mx, user)
+    p.retr(1)
+    p.sock.shutdown(socket.SHUT_RDWR)  # no QUIT: nothing is deleted, what was read stays read
+    p.close()
+    deadline = time.monotonic() + 5
+    with ImapRaw(mx) as i:
+        i.login(user)
+        while True:
+            i.cmd("s", "EXAMINE INBOX")
+            lines, _ = i.cmd("f", "FETCH 1:* (FLAGS)")
+            if b"* 1 FETCH (FLAGS (\\Seen))" in lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert lines[:2] == [b"* 1 FETCH (FLAGS (\\Seen))", b"* 2 FETCH (FLAGS ())"]
+
+
 def test_one_pop3_session_per_user(mx, user):
     p = pop(mx, user)
     with pytest.raises(poplib.error_proto, match=r"IN-USE"):
