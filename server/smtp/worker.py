@@ -33,6 +33,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import uvloop
+
 from server.accounts import AccountStore
 from server.acme.manager import tls_files
 from server.config import Config, ConfigError, load_config
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_tls_buffers()
     tune_malloc()
     channel = socket.socket(fileno=args.channel)
-    return asyncio.run(WorkerProcess(config, channel, args.index).serve())
+    # uvloop: a fifth less CPU per message than asyncio's own loop here (bench: 50 sessions,
+    # 2 workers, 667 -> 822 msg/s). The worker runs nothing but aiosmtpd and the handler.
+    return uvloop.run(WorkerProcess(config, channel, args.index).serve())
 
 
 if __name__ == "__main__":
