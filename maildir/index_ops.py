@@ -69,14 +69,23 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         row = fi._row(conn)
         cur_fresh = dir_fresh(fi, row, "cur", time.time_ns())
         arg_kws = _canonical(fi, arg_kws)
-        rows = sql.message_rows(conn, row.id, uids)
+        system_only = not arg_kws and mode in ("add", "remove")
+        rows = sql.message_rows(conn, row.id, uids,
+                                f"{mode}:{arg_bits}" if system_only and arg_bits else "")
         # RFC 7162 §3.1.3: a message changed since UNCHANGEDSINCE is not touched and its UID
         # is reported in [MODIFIED].
         failed = [r.uid for r in rows if unchangedsince is not None and r.modseq > unchangedsince]
         skip = set(failed)
         plan = []
+        # Adding or removing system flags only (STORE 1:* +FLAGS \Seen): rows that already
+        # are as asked need no keyword parsing.
+        unchanged = None
+        if not arg_kws and mode == "add":
+            unchanged = lambda r: r.flags | arg_bits == r.flags  # noqa: E731
+        elif not arg_kws and mode == "remove":
+            unchanged = lambda r: not r.flags & arg_bits  # noqa: E731
         for r in rows:
-            if r.uid in skip:
+            if r.uid in skip or (unchanged is not None and unchanged(r)):
                 continue
             old_kws = set(split_keywords(r.keywords))
             bits, kws = _apply_mode(mode, r.flags, old_kws, arg_bits, arg_kws)

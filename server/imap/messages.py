@@ -278,8 +278,13 @@ class MessageCommands:
             sel.flags[info.uid] = info.flags
         if changed:
             self.notify(sel.name)
-        if not args.silent:
-            # RFC 3501 §6.4.6: the new flags of every message named, changed or not.
+        if not args.silent and not sel.condstore and not failed:
+            # RFC 3501 §6.4.6: the new flags of every message named, changed or not; from
+            # the view (which has them all now), a batch of lines per chunk.
+            names = ("UID", "FLAGS") if cmd.uid else ("FLAGS",)
+            for start in range(0, len(targets), BATCH * 4):
+                yield b"".join(sel.uid_flags_lines(targets[start:start + BATCH * 4], names))
+        elif not args.silent:
             modseqs = {i.uid: i.modseq for i in changed}
             if sel.condstore:
                 unchanged = [u for _, u in targets if u not in modseqs]
