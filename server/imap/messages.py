@@ -170,29 +170,34 @@ class MessageCommands:
             for start in range(0, len(targets), BATCH * 4):
                 yield b"".join(sel.uid_flags_lines(targets[start:start + BATCH * 4], order))
             return
+        # The index rows are read in the first batch's thread call: a FETCH of one message
+        # (the commonest) then costs one trip to a worker thread, not two.
+        want_infos = args.changedsince is not None or bool(names & INFO_ITEMS) or \
+            any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items)
         infos = None
-        if args.changedsince is not None or names & INFO_ITEMS or \
-                any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items):
-            infos = await self.io(_infos, sel.folder, [u for _, u in targets])
         gone = False
         start = 0
         while start < len(targets):
             batch = targets[start:start + BATCH]
-            lines, missing, done = await self.io(self._fetch_batch, batch, items,
-                                                 args.changedsince, seen, infos)
+            lines, missing, done, infos = await self.io(
+                self._fetch_batch, batch, items, args.changedsince, seen, infos,
+                targets if want_infos and infos is None else None)
             start += done
             gone = gone or missing
-            for line in lines:
-                yield line
+            if lines:
+                yield b"".join(lines)
         if gone:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
-    def _fetch_batch(self, batch, items, changedsince, seen,
-                     infos) -> tuple[list[bytes], bool, int]:
+    def _fetch_batch(self, batch, items, changedsince, seen, infos,
+                     info_targets) -> tuple[list[bytes], bool, int, dict | None]:
         """Runs in a worker thread: cache, file reads, MIME. ``infos`` is None when only
-        flags and UIDs are asked for: the session's view has those."""
+        flags and UIDs are asked for: the session's view has those; ``info_targets``: read
+        the index rows of these first (the first batch), and hand them back for the rest."""
         sel = self.selected
         folder = sel.folder
+        if info_targets is not None:
+            infos = _infos(folder, [u for _, u in info_targets])
         uids = [u for _, u in batch]
         kinds = {fetch.cached_kind(i) for i in items} - {None}
         cache = {k: folder.get_cached_many(uids, k) for k in kinds}
@@ -255,7 +260,7 @@ class MessageCommands:
         for kind, values in new_cache.items():
             if values:
                 folder.put_cached_many(kind, values)
-        return lines, missing, done
+        return lines, missing, done, infos
 
     # --- STORE ---
 
