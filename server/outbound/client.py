@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from server.outbound.conncache import ConnectionCache
 from server.outbound.route import MXHost
 
 log = logging.getLogger("mailstead.outbound")
@@ -86,6 +87,8 @@ class Transaction:
     # Called with the results once the reply to the final dot is in, before QUIT: the queue
     # records them durably there, so a crash re-sends only what was in flight (RFC 1047).
     on_result: Callable[[dict[str, Outcome]], Awaitable[None]] | None = None
+    # Connections kept for the next message to the same host (conncache.py); None: one each.
+    cache: ConnectionCache | None = None
 
 
 class RecordFailed(Exception):
@@ -120,21 +123,30 @@ def _needs_utf8(txn: Transaction) -> bool:
 
 async def _attempt(name: str, address: str, txn: Transaction,
                    plaintext: bool = False) -> dict[str, Outcome]:
-    client = aiosmtplib.SMTP(hostname=name if txn.implicit_tls else address, port=txn.port,
-                             local_hostname=txn.helo, timeout=COMMAND_TIMEOUT,
-                             use_tls=txn.implicit_tls, start_tls=False,
-                             tls_context=txn.tls.context if txn.implicit_tls else None)
+    key = (name, address, txn.port, txn.implicit_tls, plaintext, id(txn.tls.context),
+           txn.tls.required, txn.username)
+    client = await _reused(txn.cache, key)
+    keep = False
     try:
-        try:
-            await client.connect(timeout=txn.connect_timeout)
-            await client.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await client.helo()
-        if not txn.implicit_tls and not plaintext:
-            await _starttls(client, name, txn.tls)
-        if txn.username:
-            await client.login(txn.username, txn.password)
-        return await _transaction(client, name, txn)
+        if client is None:
+            client = aiosmtplib.SMTP(
+                hostname=name if txn.implicit_tls else address, port=txn.port,
+                local_hostname=txn.helo, timeout=COMMAND_TIMEOUT, use_tls=txn.implicit_tls,
+                start_tls=False, tls_context=txn.tls.context if txn.implicit_tls else None)
+            try:
+                await client.connect(timeout=txn.connect_timeout)
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+            if not txn.implicit_tls and not plaintext:
+                await _starttls(client, name, txn.tls)
+            if txn.username:
+                await client.login(txn.username, txn.password)
+        results, reusable = await _transaction(client, name, txn, txn.cache is not None)
+        keep = reusable and txn.cache.give_back(key, client)
+        if reusable and not keep:
+            await _quit(client)
+        return results
     except aiosmtplib.SMTPAuthenticationError as err:
         raise AttemptFailed(f"login refused: {err.code} {err.message}") from None
     except AttemptFailed:
@@ -142,7 +154,22 @@ async def _attempt(name: str, address: str, txn: Transaction,
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as err:
         raise AttemptFailed(str(err) or type(err).__name__) from None
     finally:
-        client.close()
+        if client is not None and not keep:
+            if txn.cache is not None:
+                txn.cache.forget(client)
+            client.close()
+
+
+async def _reused(cache: ConnectionCache | None, key) -> aiosmtplib.SMTP | None:
+    """A kept connection to the same host that still answers RSET, or None."""
+    while cache is not None and (client := cache.take(key)) is not None:
+        try:
+            await client.rset()
+            return client
+        except (aiosmtplib.SMTPException, OSError):
+            cache.forget(client)
+            client.close()
+    return None
 
 
 async def _starttls(client: aiosmtplib.SMTP, name: str, tls: TLSPolicy) -> None:
@@ -157,7 +184,10 @@ async def _starttls(client: aiosmtplib.SMTP, name: str, tls: TLSPolicy) -> None:
     await client.ehlo()
 
 
-async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> dict[str, Outcome]:
+async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction,
+                       keep: bool = False) -> tuple[dict[str, Outcome], bool]:
+    """The outcome per recipient, and whether the connection may carry another message
+    (``keep``: the caller would keep it; then no QUIT is sent after the final dot)."""
     options = []
     encoding = "ascii"
     if _needs_utf8(txn):
@@ -165,7 +195,7 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
             # RFC 6531 §3.2: without SMTPUTF8 these addresses cannot be sent at all.
             await _quit(client)
             return {r: Outcome(553, "5.6.7 The receiving server does not support SMTPUTF8",
-                               name) for r in txn.recipients}
+                               name) for r in txn.recipients}, False
         options.append("SMTPUTF8")
         encoding = "utf-8"
     if client.supports_extension("size"):
@@ -175,7 +205,7 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
     try:
         await client.mail(txn.sender, options=options, encoding=encoding)
     except aiosmtplib.SMTPSenderRefused as err:
-        return {r: Outcome(err.code, err.message, name) for r in txn.recipients}
+        return {r: Outcome(err.code, err.message, name) for r in txn.recipients}, False
     results: dict[str, Outcome] = {}
     accepted = []
     for rcpt in txn.recipients:
@@ -187,7 +217,8 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
             results[rcpt] = Outcome(err.code, err.message, name)
     if not accepted:
         await _quit(client)
-        return results
+        return results, False
+    reusable = keep
     try:
         response = await client.data(txn.message, timeout=DATA_END_TIMEOUT)
         outcome = Outcome(response.code, response.message, name)
@@ -197,6 +228,7 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
         # The message may have arrived: try later rather than another host right now, so a
         # slow receiver does not get a copy from every attempt in a row.
         outcome = Outcome(451, f"4.4.2 Connection lost after sending the message: {err}", name)
+        reusable = False
     for rcpt in accepted:
         results[rcpt] = outcome
     if txn.on_result is not None:
@@ -207,8 +239,9 @@ async def _transaction(client: aiosmtplib.SMTP, name: str, txn: Transaction) -> 
             raise RecordFailed(f"recording the results failed: {err!r}") from err
     # RFC 5321 §6.1: the 250 to DATA is where the receiver takes responsibility; QUIT adds
     # nothing to it, so a receiver slow to answer QUIT costs us time, never a duplicate.
-    await _quit(client)
-    return results
+    if not reusable:
+        await _quit(client)
+    return results, reusable
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -25,6 +25,7 @@ from server.addresses import AddressError, parse_address
 from server.config import Config
 from server.dnsresolve import make_resolver
 from server.outbound import client
+from server.outbound.conncache import ConnectionCache
 from server.outbound.route import MXHost, RouteError, mx_hosts
 from server.queue import dsn, schedule
 from server.queue.spool import (
@@ -60,6 +61,8 @@ class OutboundQueue:
         self._wakeup = asyncio.Event()
         self._attempts: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
+        # Open connections kept a few seconds for the next message to the same host.
+        self.connections = ConnectionCache()
         self.update_config(config)
 
     def update_config(self, config: Config) -> None:
@@ -104,6 +107,7 @@ class OutboundQueue:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self.connections.close()
 
     async def run(self) -> None:
         await self.load()
@@ -304,7 +308,8 @@ class OutboundQueue:
         txn = client.Transaction(sender=msg.sender, recipients=addresses, message=data,
                                  helo=self.config.server.hostname, port=out.mx_port,
                                  connect_timeout=out.connect_timeout, tls=self.loose_tls,
-                                 on_result=lambda outcomes: record(rcpts, outcomes))
+                                 on_result=lambda outcomes: record(rcpts, outcomes),
+                                 cache=self.connections)
         if domain == RELAY:
             relay = out.relay
             txn.port, txn.tls = relay.port, self.strict_tls

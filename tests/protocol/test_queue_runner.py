@@ -172,6 +172,7 @@ def test_results_are_saved_before_quit(world):
 
     async def scenario():
         queue = OutboundQueue(config, store, spool, pool)
+        queue.connections = None  # a connection per message: the transaction ends in QUIT
         attempt = asyncio.create_task(queue.attempt(msg.id))
         deadline = time.monotonic() + 20
         while not sink.handler.quits and time.monotonic() < deadline:
@@ -199,6 +200,7 @@ def test_a_result_that_cannot_be_saved_is_not_sent_again(world):
 
     async def scenario():
         queue = OutboundQueue(config, store, spool, pool)
+        queue.connections = None  # a connection per message: the transaction ends in QUIT
         spool.save_failures = 1  # the save before QUIT
         await queue.attempt(msg.id)
         return queue
@@ -228,3 +230,48 @@ def test_a_failure_to_record_does_not_try_the_next_host(world):
     with pytest.raises(client.RecordFailed):
         run(client.send(hosts, txn))
     assert len(sink.messages) == 1
+
+
+def test_messages_to_one_host_share_a_connection(world):
+    """Postfix's connection cache: ten messages to the same MX go over one connection (RSET
+    between them), each recorded as delivered; the connection is closed with QUIT when the
+    queue stops."""
+    config, store, spool, pool, sink, _ = world
+    ids = [spool.add("ann@example.test", [f"r{i}@remote.test"], (MSG,)).id for i in range(10)]
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        for qid in ids:
+            await queue.attempt(qid)
+        before_stop = sink.handler.quits
+        queue._main = asyncio.create_task(asyncio.sleep(0))
+        await queue.stop(1)
+        return before_stop
+
+    quits_before_stop = run(scenario())
+    assert [m.recipients for m in sink.messages] == [[f"r{i}@remote.test"] for i in range(10)]
+    assert sink.handler.connections == 1
+    assert quits_before_stop == 0 and sink.handler.quits == 1
+    assert spool.list() == []
+
+
+def test_a_kept_connection_the_remote_closed_is_replaced(world):
+    """The receiver drops idle connections: RSET on the kept one fails and a new connection
+    carries the message."""
+    config, store, spool, pool, sink, _ = world
+    first = spool.add("ann@example.test", ["a@remote.test"], (MSG,)).id
+    second = spool.add("ann@example.test", ["b@remote.test"], (MSG,)).id
+
+    async def scenario():
+        queue = OutboundQueue(config, store, spool, pool)
+        await queue.attempt(first)
+        [kept] = [item.client for items in queue.connections._idle.values() for item in items]
+        kept.transport.abort()  # as if the receiver had hung up
+        await asyncio.sleep(0.05)
+        await queue.attempt(second)
+        await queue.connections.close()
+
+    run(scenario())
+    assert [m.recipients for m in sink.messages] == [["a@remote.test"], ["b@remote.test"]]
+    assert sink.handler.connections == 2
+    assert spool.list() == []
