@@ -80,7 +80,7 @@ class Worker:
         try:
             send(self.channel, message, fds)
             return True
-        except (BlockingIOError, ConnectionError, OSError):
+        except OSError:  # full (BlockingIOError) or gone: the next worker, or the daemon
             return False
 
     def _readable(self) -> None:
