@@ -15,6 +15,8 @@ dead worker is restarted after a pause that doubles up to a minute.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +45,53 @@ def send(channel: socket.socket, message: dict, fds: list[int] | None = None) ->
         socket.send_fds(channel, [data], fds)
     else:
         channel.send(data)
+
+
+class Outbox:
+    """Messages to the daemon over a non-blocking channel, none dropped: what the channel
+    cannot take now waits in order and goes when it can (a lost "queued" would leave a
+    message in the spool unseen until the next restart, a lost "closed" a guard slot taken).
+    Loop thread only."""
+
+    def __init__(self, channel: socket.socket):
+        self.channel = channel
+        self.waiting: collections.deque[bytes] = collections.deque()
+
+    def send(self, message: dict) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode()
+        if not self.waiting:
+            try:
+                self.channel.send(data)
+                return
+            except BlockingIOError:
+                asyncio.get_running_loop().add_writer(self.channel, self._flush)
+            except OSError as err:  # the daemon is gone: nobody to tell
+                log.debug("worker channel: %s", err)
+                return
+        self.waiting.append(data)
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Before the worker exits: what still waits goes now (blocking, bounded)."""
+        if not self.waiting:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_writer(self.channel)
+        self.channel.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            while self.waiting:
+                self.channel.send(self.waiting.popleft())
+
+    def _flush(self) -> None:
+        while self.waiting:
+            try:
+                self.channel.send(self.waiting[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.waiting.clear()
+                break
+            self.waiting.popleft()
+        asyncio.get_running_loop().remove_writer(self.channel)
 
 
 class Worker:

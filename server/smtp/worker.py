@@ -41,7 +41,7 @@ from server.config import Config, ConfigError, load_config
 from server.malloctune import tune_malloc
 from server.queue.spool import Spool
 from server.runner import load_tls, setup_logging, tune_tls_buffers
-from server.smtp.dispatch import MAX_PACKET, send
+from server.smtp.dispatch import MAX_PACKET, Outbox
 from server.smtp.listener import SMTPListener
 from server.smtp.mx import MXHandler
 from server.spam import SpamFilter
@@ -88,12 +88,10 @@ class WorkerProcess:
                                      self.tls)
         self.stopping: asyncio.Future | None = None
         self.closing = False  # stop asked: connections handed over late are given back
+        self.outbox = Outbox(channel)
 
     def tell(self, message: dict) -> None:
-        try:
-            send(self.channel, message)
-        except OSError as err:  # the daemon is gone or stopping; nothing to tell
-            log.debug("worker %d: channel: %s", self.index, err)
+        self.outbox.send(message)
 
     def _queued(self, queue_id: str) -> None:
         self.tell({"op": "queued", "id": queue_id})
@@ -178,6 +176,7 @@ class WorkerProcess:
         grace = await self.stopping
         self.closing = True
         await self.listener.drain(grace)
+        self.outbox.drain()
         await self.spam.close()
         await loop.run_in_executor(None, self.executor.shutdown, True)
         self.accounts.close()

@@ -73,3 +73,39 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
         assert fast._handle_hooks["DATA"].__func__ is handler_cls.handle_DATA
     finally:
         loop.close()
+
+
+def test_worker_outbox_loses_nothing_when_the_channel_is_full():
+    """A worker's reports to the daemon ("closed", "queued", ...) wait when the channel is
+    full and go out in order once the daemon reads again."""
+    import json
+    import socket
+
+    from server.smtp.dispatch import Outbox
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    received = []
+
+    async def scenario():
+        outbox = Outbox(ours)
+        for i in range(2000):
+            outbox.send({"op": "queued", "id": str(i)})
+        assert outbox.waiting  # the channel filled up: the rest wait
+        theirs.setblocking(False)
+        while len(received) < 2000:
+            try:
+                received.append(json.loads(theirs.recv(1024))["id"])
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert not outbox.waiting
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+    finally:
+        loop.close()
+        ours.close()
+        theirs.close()
+    assert received == [str(i) for i in range(2000)]
