@@ -4,10 +4,11 @@ changed since -- which must give exactly what a load from scratch gives."""
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 
-from maildir import Delivery, create_maildir, deliver
+from maildir import Delivery, create_folder, create_maildir, deliver
 from maildir.index import MailboxIndex
 from server.imap import selected
 from server.imap.selected import Selected
@@ -89,13 +90,36 @@ def test_random_changes_between_loads_always_match_a_fresh_load(index):
         assert state(load(index)) == state(fresh(index)), round_
 
 
-def test_a_recreated_folder_is_never_served_from_the_old_snapshot(index, tmp_path):
-    add(index, 5)
-    load(index)
-    old = index.folder("INBOX")
-    assert selected._SNAPSHOTS.get(old) is not None
-    # Another object for the folder (after DELETE/RENAME, or a new process): no snapshot.
-    assert selected._SNAPSHOTS.get(object()) is None
+def test_a_recreated_folder_is_never_served_from_the_old_snapshot(index):
+    """DELETE then CREATE of a folder: the next SELECT must show the new folder (new
+    UIDVALIDITY, its own messages), not the view remembered for the old one."""
+    def work_view() -> Selected:
+        view = Selected(index.folder("Work"), "Work", readonly=False, condstore=False,
+                        mailbox_index=index)
+        view.load()
+        return view
+
+    path = create_folder(index.root, "Work")
+    for i in range(5):
+        deliver([Delivery(path, [b"Subject: old %d\r\n\r\nx\r\n" % i])])
+    old = work_view()
+    assert len(old.uids) == 5 and selected._SNAPSHOTS.get(index.folder("Work")) is not None
+    shutil.rmtree(path)  # what IMAP DELETE does, then forgets the folder's rows
+    index.forget("Work")
+    path = create_folder(index.root, "Work")
+    for i in range(2):
+        deliver([Delivery(path, [b"Subject: new %d\r\n\r\nx\r\n" % i])])
+    new = work_view()
+    assert len(new.uids) == 2 and new.uidvalidity != old.uidvalidity
+    assert state(new) == state(fresh_view(index, "Work"))
+
+
+def fresh_view(index: MailboxIndex, name: str) -> Selected:
+    selected._SNAPSHOTS = selected._Snapshots()
+    view = Selected(index.folder(name), name, readonly=False, condstore=False,
+                    mailbox_index=index)
+    view.load()
+    return view
 
 
 def test_small_folders_keep_no_snapshot(index, monkeypatch):
