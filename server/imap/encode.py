@@ -9,6 +9,7 @@ is encoded as UTF-8.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -23,19 +24,19 @@ class Raw(bytes):
 _QUOTABLE_MAX = 1024
 
 
-def _quotable(data: bytes) -> bool:
-    # RFC 3501 §9: quoted = DQUOTE *QUOTED-CHAR DQUOTE, no CR/LF/NUL, 7-bit unless UTF-8 is
-    # enabled (RFC 6855); anything else is sent as a literal.
-    if len(data) > _QUOTABLE_MAX:
-        return False
-    return all(32 <= b < 127 for b in data)
+# RFC 3501 §9: quoted = DQUOTE *QUOTED-CHAR DQUOTE, no CR/LF/NUL, 7-bit unless UTF-8 is
+# enabled (RFC 6855); anything else is sent as a literal.
+_UNQUOTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
 def string(value: str | bytes) -> bytes:
-    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    if _quotable(data):
-        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return b"{%d}\r\n" % len(data) + data
+    if type(value) is not bytes:
+        value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(value) <= _QUOTABLE_MAX and _UNQUOTABLE.search(value) is None:
+        if b"\\" in value or b'"' in value:
+            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + value + b'"'
+    return b"{%d}\r\n" % len(value) + value
 
 
 def nstring(value: str | bytes | None) -> bytes:

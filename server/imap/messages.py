@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import logging
+import os
 import sqlite3
 
 from server.imap import fetch, search
@@ -203,6 +204,9 @@ class MessageCommands:
         cache = {k: folder.get_cached_many(uids, k) for k in kinds}
         new_cache: dict[str, list] = {k: [] for k in kinds}
         wants_file = any(fetch.needs_file(i) for i in items)
+        # ENVELOPE alone (a client's first sync of a folder) needs only the header.
+        header_only = not wants_file and kinds <= {"envelope"}
+        paths = None
         lines, missing, done, size = [], False, 0, 0
         for seq, uid in batch:
             if size > BATCH_BYTES:
@@ -219,8 +223,10 @@ class MessageCommands:
                 continue
             message = None
             if wants_file or any(k not in cache or uid not in cache[k] for k in kinds):
+                if paths is None:
+                    paths = folder.paths(uids)
                 try:
-                    message = fetch.crlf(folder.read(uid))
+                    message = fetch.crlf(_read(folder, uid, paths.get(uid), header_only))
                 except (OSError, LookupError):
                     missing = True
                     continue
@@ -395,6 +401,32 @@ class MessageCommands:
 
 
 INFO_ITEMS = {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
+
+
+HEADER_READ = 16384
+
+
+def _read(folder, uid: int, path: str | None, header_only: bool) -> bytes:
+    """The message (or as much as holds its header) from ``path``, looked up for the whole
+    batch in one query; a file renamed since by another program is found by ``read``."""
+    if path is not None:
+        try:
+            if not header_only:
+                with open(path, "rb") as f:
+                    return f.read()
+            # os-level calls: a buffered file object costs more than the read itself here.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, HEADER_READ)
+                if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
+                    return data
+                with open(fd, "rb", closefd=False) as f:
+                    return data + f.read()
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            pass
+    return folder.read(uid)
 
 
 def _infos(folder, uids: list[int]) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from server.imap.encode import Raw, encode
+from server.imap.encode import Raw, nstring
 from server.imap.mime_header import body_offset, first_values
 
 # RFC 3501 §7.4.2 gives a NIL host a meaning (group syntax), so a missing part of a broken
@@ -242,7 +242,11 @@ def _adjacent(addresses: list[list] | None) -> Raw | None:
     # a space, as in the RFC's examples, which an encode.py list (SP-separated) cannot say.
     if not addresses:
         return None
-    return Raw(b"(" + b"".join(encode(address) for address in addresses) + b")")
+    # Each address is four nstrings; spelled out, as this runs for every address of a
+    # first FETCH ENVELOPE.
+    return Raw(b"(" + b"".join(
+        b"(" + nstring(a[0]) + b" " + nstring(a[1]) + b" " + nstring(a[2]) + b" "
+        + nstring(a[3]) + b")" for a in addresses) + b")")
 
 
 def envelope(header: bytes) -> list:
@@ -254,16 +258,21 @@ def envelope(header: bytes) -> list:
     or Reply-To takes the value of From.
     """
     values = first_values(header[: body_offset(header)], _ENVELOPE_FIELDS)
-    sender_from = address_list(values.get("from"))
+
+    def addresses(name: str) -> Raw | None:
+        value = values.get(name)
+        return None if value is None else _adjacent(address_list(value))
+
+    sender_from = addresses("from")
     return [
         _string(values.get("date")),
         _string(values.get("subject")),
-        _adjacent(sender_from),
-        _adjacent(address_list(values.get("sender")) or sender_from),
-        _adjacent(address_list(values.get("reply-to")) or sender_from),
-        _adjacent(address_list(values.get("to"))),
-        _adjacent(address_list(values.get("cc"))),
-        _adjacent(address_list(values.get("bcc"))),
+        sender_from,
+        addresses("sender") or sender_from,
+        addresses("reply-to") or sender_from,
+        addresses("to"),
+        addresses("cc"),
+        addresses("bcc"),
         _string(values.get("in-reply-to")),
         _string(values.get("message-id")),
     ]

@@ -174,3 +174,23 @@ def test_append_and_close(r, mx, user):
     sent = mx.maildir(user, "Sent")
     [key] = sent.keys()
     assert sent.get_bytes(key) == msg
+
+
+def test_envelope_reads_headers_past_the_first_read_and_files_renamed_meanwhile(r, mx, user):
+    # A first FETCH ENVELOPE reads each file's header only (16 KB first), by the path the
+    # index had for the whole batch: a header longer than that read, and a file another
+    # program renamed after the index looked, must still give the right envelope.
+    long = "".join(f"X-Trace-{i}: {'y' * 70}\r\n" for i in range(300))  # ~25 KB
+    deliver(mx, user, "long header", "four", long + "Message-ID: <deep@remote.test>\r\n")
+    r.cmd("n", "NOOP")
+    cur = mx.maildir(user)._path + "/cur"
+    import os
+
+    for name in os.listdir(cur):
+        if "," in name and name.endswith(":2,"):
+            os.rename(f"{cur}/{name}", f"{cur}/{name}F")  # flagged by another program
+    lines, done = r.cmd("a", "FETCH 1:4 ENVELOPE")
+    lines = [line for line in lines if b"ENVELOPE" in line]  # flag news may follow
+    assert done.startswith(b"a OK") and len(lines) == 4, (lines, done)
+    assert b'"first"' in lines[0] and b'"third"' in lines[2]
+    assert b'"long header"' in lines[3] and b'"<deep@remote.test>"' in lines[3]

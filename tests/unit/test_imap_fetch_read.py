@@ -1,0 +1,47 @@
+"""messages._read: a batch's files read by the paths looked up once for the batch."""
+
+from __future__ import annotations
+
+import os
+
+from maildir import Delivery, create_maildir, deliver
+from maildir.index import MailboxIndex
+from server.imap.messages import HEADER_READ, _read
+
+HEADER = b"From: a@b.test\r\nSubject: hi\r\n\r\n"
+BODY = b"x" * 40000
+
+
+def _folder(tmp_path, *messages):
+    root = tmp_path / "u"
+    create_maildir(root, folders=())
+    for message in messages:
+        deliver([Delivery(root, [message])])
+    return MailboxIndex(root).folder("INBOX")
+
+
+def test_header_only_stops_at_the_first_read_and_whole_reads_all(tmp_path):
+    fi = _folder(tmp_path, HEADER + BODY)
+    path = fi.paths([1])[1]
+    assert _read(fi, 1, path, header_only=True) == (HEADER + BODY)[:HEADER_READ]
+    assert _read(fi, 1, path, header_only=False) == HEADER + BODY
+
+
+def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path):
+    long = b"".join(b"X-T-%d: %s\r\n" % (i, b"y" * 70) for i in range(300)) + HEADER
+    fi = _folder(tmp_path, long + BODY)
+    assert _read(fi, 1, fi.paths([1])[1], header_only=True) == long + BODY
+
+
+def test_a_stale_path_finds_the_file_again_and_an_unknown_uid_is_gone(tmp_path):
+    fi = _folder(tmp_path, HEADER + b"one\r\n", HEADER + b"two\r\n")
+    paths = fi.paths([1, 2, 3])
+    assert set(paths) == {1, 2}
+    os.rename(paths[2], paths[2] + "F")  # another program flags it after our lookup
+    assert _read(fi, 2, paths[2], header_only=True) == HEADER + b"two\r\n"
+    try:
+        _read(fi, 3, paths.get(3), header_only=True)
+    except LookupError:
+        pass
+    else:
+        raise AssertionError("UID 3 does not exist")
