@@ -279,9 +279,13 @@ def message_rows(
 
 
 def insert_messages(conn: sqlite3.Connection, folder_id: int, rows: Iterable[MsgRow]) -> None:
+    insert_rows(conn, ((folder_id, *row) for row in rows))
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Insert ``(folder, *MsgRow)`` tuples: a sync builds them so, 100,000 at a time."""
     conn.executemany(
-        f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        ((folder_id, *row) for row in rows),
+        f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
     )
 
 

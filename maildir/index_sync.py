@@ -26,10 +26,11 @@ import re
 import stat
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
-from maildir.index_state import KnownFiles, info_name, split_name
+from maildir.index_state import KnownFiles, info_name, letters_of_info, split_name, usual_name
 from maildir.keywords import bits_of_letters, join_keywords, split_keywords
 from maildir.naming import new_unique_name
 
@@ -137,13 +138,14 @@ def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
 
 
 class _Found:
-    """A file this pass found under a name the index does not know; ``uid`` None = new."""
+    """A file this pass found under a name the index does not know; ``uid`` None = new.
+    ``size`` is RFC822.SIZE as the name gives it (,W= else ,S=), None if it does not."""
 
-    __slots__ = ("uid", "subdir", "name", "size", "vsize", "letters")
+    __slots__ = ("uid", "subdir", "name", "size", "letters")
 
-    def __init__(self, uid, subdir, name, size, vsize, letters) -> None:
+    def __init__(self, uid, subdir, name, size, letters) -> None:
         self.uid, self.subdir, self.name = uid, subdir, name
-        self.size, self.vsize, self.letters = size, vsize, letters
+        self.size, self.letters = size, letters
 
 
 class _Pass:
@@ -173,9 +175,9 @@ class _Pass:
         for subdir, names in vanished.items():
             for name in names:
                 gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
-        found = self._match(appeared, gone)
+        found, fresh = self._match(appeared, gone)
         touched_cur = self._move_new_to_cur(found)
-        self._apply(found, gone, self._dir_records(touched_cur), result)
+        self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
         return self.raced
 
     def _diff(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -188,41 +190,64 @@ class _Pass:
                 vanished[subdir] = [n for n in known if n not in present]
         return appeared, vanished
 
-    def _match(self, appeared, gone: dict[str, int]) -> dict[str, _Found]:
-        """Pair appeared names with known messages by base: renames; the rest are new."""
+    def _match(self, appeared, gone: dict[str, int]) -> tuple[dict[str, _Found], dict]:
+        """Pair appeared names with known messages by base: renames; the rest are new.
+
+        Returns ``found``, the renames and the files that need care, and ``fresh``, the
+        plain new files of cur/: base -> ``(base, subdir, name, size, letters)``, as
+        ``_stat_adds`` takes them.  In a first sync that is every file, so they are kept
+        as plain tuples, from one regex match each.
+        """
         found: dict[str, _Found] = {}
+        fresh: dict[str, tuple] = {}
+        known_bases = self.known.bases
         for subdir, names in appeared.items():
+            cur = subdir == "cur"  # new/ files are moved: they need a _Found
             for name in names:
-                if _UNINDEXABLE.search(name):
-                    continue
-                base, size, vsize, letters = split_name(name)
-                entry = _Found(gone.pop(base, None), subdir, name, size, vsize, letters)
-                holder = found.get(base)
-                known = self.known.bases.get(base)
-                if holder is not None:
-                    at = (holder.subdir, holder.name)
-                elif known is not None and entry.uid is None:
-                    at = known[1:]
-                else:
-                    found[base] = entry
-                    continue
-                if not os.path.lexists(self.fi.directory / at[0] / at[1]):
-                    # The other name moved here after we listed its directory.
-                    entry.uid = holder.uid if holder is not None else known[0]
-                    found[base] = entry
-                    continue
-                # Two files, one base (a copy made with cp -l, or by a careless tool): give
-                # this one a new unique name, as Dovecot does, so that each has its UID.
-                fresh_name = new_unique_name() + name[len(base) :]
-                here = self.fi.directory / subdir
-                try:
-                    os.rename(here / name, here / fresh_name)
-                except FileNotFoundError:
-                    self.raced = True
-                    continue
-                entry.name = fresh_name
-                found[split_name(fresh_name)[0]] = entry
-        return found
+                match = usual_name(name) if cur else None
+                if match is not None:
+                    base, size, vsize, info = match.groups()
+                    if not (base in gone or base in found or base in fresh or base in known_bases):
+                        size = int(vsize) if vsize else int(size) if size else None
+                        fresh[base] = (base, subdir, name, size, letters_of_info(info))
+                        continue
+                self._match_one(subdir, name, gone, found, fresh)
+        return found, fresh
+
+    def _match_one(self, subdir: str, name: str, gone, found, fresh) -> None:
+        if _UNINDEXABLE.search(name):
+            return
+        base, size, vsize, letters = split_name(name)
+        size = vsize if vsize is not None else size
+        entry = _Found(gone.pop(base, None), subdir, name, size, letters)
+        if base in fresh:  # a plain new file until now, that has a twin
+            _, at, other, other_size, other_letters = fresh.pop(base)
+            found[base] = _Found(None, at, other, other_size, other_letters)
+        holder = found.get(base)
+        known = self.known.bases.get(base)
+        if holder is not None:
+            at = (holder.subdir, holder.name)
+        elif known is not None and entry.uid is None:
+            at = known[1:]
+        else:
+            found[base] = entry
+            return
+        if not os.path.lexists(self.fi.directory / at[0] / at[1]):
+            # The other name moved here after we listed its directory.
+            entry.uid = holder.uid if holder is not None else known[0]
+            found[base] = entry
+            return
+        # Two files, one base (a copy made with cp -l, or by a careless tool): give
+        # this one a new unique name, as Dovecot does, so that each has its UID.
+        unique = new_unique_name() + name[len(base) :]
+        here = self.fi.directory / subdir
+        try:
+            os.rename(here / name, here / unique)
+        except FileNotFoundError:
+            self.raced = True
+            return
+        entry.name = unique
+        found[split_name(unique)[0]] = entry
 
     def _move_new_to_cur(self, found: dict[str, _Found]) -> bool:
         """Dovecot moves what it finds in new/ to cur/ when it syncs; so do we."""
@@ -263,16 +288,19 @@ class _Pass:
             values.update(new_recheck=-1, cur_recheck=-1)
         return values
 
-    def _apply(self, found, gone: dict[str, int], dir_values, result: SyncResult) -> None:
+    def _apply(self, found, fresh, gone: dict[str, int], dir_values, result: SyncResult) -> None:
         fi, conn, row = self.fi, self.conn, self.row
         fi._keywords.refresh()
         live = {b: e for b, e in found.items() if e.subdir is not None}
-        new_rows = self._stat_adds([(b, e) for b, e in live.items() if e.uid is None])
+        adds = list(fresh.values())
+        adds += [(b, e.subdir, e.name, e.size, e.letters) for b, e in live.items() if e.uid is None]
+        new_rows = self._stat_adds(adds)
+        # By column from here: inserted and remembered by zip(), in C, not row by row.
+        columns = list(zip(*new_rows, strict=True)) or [()] * 8
+        _, names, subdirs, bases, sizes, dates, bits, kws = columns
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
-        if new_rows:
-            uids = self._assign_uids([r.base for r in new_rows])
-            new_rows = [r._replace(uid=uid) for r, uid in zip(new_rows, uids, strict=True)]
+        uids = self._assign_uids(bases) if new_rows else []
         if not (new_rows or updates or expunged):
             # Only the directory records, and only if they differ: a sync that found
             # nothing new usually writes nothing.
@@ -289,8 +317,9 @@ class _Pass:
                 values["highestmodseq"] = modseq
             flagged = set(flag_changes)
             updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
-            new_rows = [r._replace(modseq=modseq) for r in new_rows]
-            sql.insert_messages(conn, row.id, new_rows)
+            # strict=False for the endless repeat()s; the columns have one length.
+            columns = (uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs, names)
+            sql.insert_rows(conn, zip(repeat(row.id), *columns, strict=False))
             sql.update_files(conn, row.id, updates)
             if expunged:
                 sql.delete_messages(conn, row.id, expunged, modseq)
@@ -300,12 +329,13 @@ class _Pass:
         def update_known(known: KnownFiles) -> None:
             for base in gone:
                 known.remove(base)
-            for r in [*updates, *new_rows]:
+            for r in updates:
                 known.remove(r.base)
                 known.add(r.uid, r.base, r.subdir, r.name)
+            known.add_new(uids, bases, subdirs, names)
 
         fi._after_commit(row.version, update_known)
-        result.added.extend(r.uid for r in new_rows)
+        result.added.extend(uids)
         result.expunged.extend(expunged)
         result.changed.extend(flag_changes)
 
@@ -331,28 +361,38 @@ class _Pass:
             )
         return updates, flag_changes
 
-    def _stat_adds(self, adds: list[tuple[str, _Found]]) -> list[sql.MsgRow]:
+    def _stat_adds(self, adds: list[tuple]) -> list[tuple]:
+        """stat() new files (base, subdir, name, size or None, letters): the internal date is
+        the mtime, as in Dovecot.  Returns rows (mtime_ns, name, subdir, base, size, internal
+        date, flag bits, keywords) in the order of their UIDs to be.  Per file, only what a
+        first sync of 100,000 messages can afford: one stat and one tuple."""
         rows = []
+        by_letters: dict[str, tuple[int, str]] = {}  # few distinct, so computed once each
         names_of = self.fi._keywords.names_of
         directory = str(self.fi.directory)
-        for base, e in adds:
+        stat_, is_file = os.stat, stat.S_ISREG
+        for base, subdir, name, size, letters in adds:
             try:
-                st = os.stat(f"{directory}/{e.subdir}/{e.name}")
+                st = stat_(f"{directory}/{subdir}/{name}")
             except FileNotFoundError:
                 self.raced = True
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            if not is_file(st.st_mode):
                 continue
+            flags = by_letters.get(letters)
+            if flags is None:
+                flags = (bits_of_letters(letters), join_keywords(names_of(letters)))
+                by_letters[letters] = flags
             # RFC822.SIZE: ,W= is the size with CRLF line ends, which is what IMAP serves;
             # our own files have ,W= = ,S= = the file size.
-            size = e.vsize if e.vsize is not None else e.size if e.size is not None else st.st_size
-            kws = join_keywords(names_of(e.letters))
-            flags = bits_of_letters(e.letters)
-            row = sql.MsgRow(0, 0, flags, kws, size, int(st.st_mtime), base, e.subdir, e.name)
-            rows.append((st.st_mtime_ns, e.name, row))
-        # UIDs in delivery order: a file's mtime is when it was delivered.
-        rows.sort(key=lambda item: item[:2])
-        return [item[2] for item in rows]
+            if size is None:
+                size = st.st_size
+            date = int(st.st_mtime)
+            rows.append((st.st_mtime_ns, name, subdir, base, size, date, flags[0], flags[1]))
+        # UIDs in delivery order: a file's mtime is when it was delivered.  Names are
+        # unique, so the tuples compare by (mtime, name) alone.
+        rows.sort()
+        return rows
 
     def _assign_uids(self, bases: list[str]) -> list[int]:
         row, known = self.row, self.known

@@ -329,25 +329,26 @@ class UidList:
         """
         with self._mutex:
             self._require_lock()
+            uids = self._uids
             result = []
             lines = []
             next_uid = self.next_uid
+            # One pass, one write and one fsync however many: a first sync brings 100,000.
             for base in bases:
-                old = self._uids.get(base)
+                old = uids.get(base)
                 if old is not None and reuse is not None and reuse(base, old):
                     result.append(old)
                     continue
-                if next_uid > MAX_UID:
-                    raise OverflowError(f"{self.path}: UIDs exhausted; UIDVALIDITY must change")
                 result.append(next_uid)
                 lines.append(f"{next_uid} {base}\n")
                 next_uid += 1
+            if next_uid - 1 > MAX_UID:
+                raise OverflowError(f"{self.path}: UIDs exhausted; UIDVALIDITY must change")
             if lines:
                 self._append("".join(lines).encode("utf-8"))
-                for base, uid in zip(bases, result, strict=True):
-                    if self._uids.get(base) != uid:
-                        self._uids[base] = uid
-                        self._lines += 1
+                # Each line is a UID no base had: the map changes once per line written.
+                uids.update(zip(bases, result, strict=True))
+                self._lines += len(lines)
                 self._max_uid = max(self._max_uid, next_uid - 1)
             return result
 

@@ -1,0 +1,193 @@
+"""maildir.index_sync: the first sync of a folder (its whole cur/ at once) against an oracle.
+
+A first sync takes every plain cur/ name by one regex into a tuple, stats it and inserts
+by column (index_sync ``fresh``); names that need care (new/, twins, unusual shapes) go the
+way of renames.  Whatever the path, a message must get the row parse_name and stat() say,
+and its UID in (mtime, name) order; files vanishing or renamed mid-build lose nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from maildir import create_maildir, parse_name
+from maildir.index import MailboxIndex
+from maildir.index_sql import DB_NAME
+from maildir.index_state import KnownFiles
+from maildir.keywords import LETTER_BITS
+from maildir.uidlist import UIDLIST_NAME
+
+KEYWORDS = {"a": "Junk", "b": "$Label1"}  # dovecot-keywords: letter -> name
+INFOS = [":2,S", ":2,FS", ":2,", "", ":2,Sa", ":2,ab", ":2,SZx", ":1,foo", ":2,SS", ":2,Pb"]
+SHAPES = [
+    "{b},S={s},W={w}{i}",
+    "{b},S={s}{i}",
+    "{b}{i}",
+    "{b},W={w}{i}",
+    "{b},U=12,FMD5=ab{i}",  # offlineimap: not the usual shape, parse_name's way
+    "{b},S=007{i}",  # not a canonical size: part of the base
+]
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "alice"
+    create_maildir(root, folders=())
+    (root / "dovecot-keywords").write_text("0 Junk\n1 $Label1\n")
+    return root
+
+
+def fill(root: Path, n: int, seed: int = 7) -> None:
+    """``n`` messages of every name shape, a ninth of them in new/; few distinct mtimes, so
+    that the name breaks many ties; some nanoseconds just below the next second."""
+    rnd = random.Random(seed)
+    for k in range(n):
+        base = f"{1700000000 + rnd.randrange(50)}.M{k}P9Q{k}R{k:04x}.host" + "é" * (k % 37 == 0)
+        shape, info = rnd.choice(SHAPES), rnd.choice(INFOS)
+        name = shape.format(b=base, s=100 + k, w=120 + k, i=info)
+        subdir = "new" if k % 9 == 0 else "cur"
+        if subdir == "new":
+            name = name.partition(":")[0]
+        path = root / subdir / name
+        path.write_bytes(b"x" * (k % 50 + 1))
+        sec = 1700000000 + rnd.randrange(20)
+        nsec = rnd.choice([0, 5, 500, 999_999_999])
+        os.utime(path, ns=(sec * 10**9, sec * 10**9 + nsec))
+
+
+def oracle(root: Path) -> list[tuple]:
+    """(uid, flags, keywords, size, internal_date, base, name) of every message file now in
+    the folder, from parse_name and stat() alone: what the index must hold after a sync."""
+    files = []
+    for name in os.listdir(root / "cur"):
+        st = os.stat(root / "cur" / name)
+        if name.startswith(".") or "\n" in name or not os.path.isfile(root / "cur" / name):
+            continue
+        parsed = parse_name(name)
+        letters = parsed.flags
+        bits = sum(bit for letter, bit in LETTER_BITS.items() if letter in letters)
+        keywords = " ".join(sorted(KEYWORDS[ch] for ch in set(letters) if ch in KEYWORDS))
+        size = next(s for s in (parsed.vsize, parsed.size, st.st_size) if s is not None)
+        entry = (bits, keywords, size, int(st.st_mtime), parsed.base, name)
+        files.append((st.st_mtime_ns, name, entry))
+    files.sort()
+    return [(uid, *entry) for uid, (_, _, entry) in enumerate(files, start=1)]
+
+
+def stored(root: Path) -> list[tuple]:
+    query = (
+        "SELECT uid, flags, keywords, size, internal_date, base, name FROM messages"
+        " WHERE subdir = 'cur' ORDER BY uid"
+    )
+    with sqlite3.connect(root / DB_NAME) as db:
+        return [tuple(row) for row in db.execute(query)]
+
+
+def test_first_sync_of_every_name_shape_matches_the_oracle(root):
+    fill(root, 400)
+    (root / "cur" / "bad\nname:2,S").write_bytes(b"x")  # unindexable: left alone
+    (root / "cur" / ".hidden").write_bytes(b"x")
+    (root / "cur" / "adir").mkdir()
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert os.listdir(root / "new") == []
+        expected = oracle(root)
+        assert len(expected) == 400
+        assert stored(root) == expected
+        assert inbox.uidnext == 401
+        # The file list kept in memory is the one a later process loads from the index.
+        known = inbox._known
+        with mi.connection() as conn:
+            loaded = KnownFiles.load(conn, known.folder_id, known.version)
+        assert (known.by_dir, known.bases) == (loaded.by_dir, loaded.bases)
+    # The uidlist holds every base with its UID, so a rebuilt index keeps them.
+    lines = (root / UIDLIST_NAME).read_text().splitlines()[1:]
+    uid_lines = [line for line in lines if not line.startswith("M")]
+    assert uid_lines == [f"{uid} {base}" for uid, *_, base, _ in expected]
+
+
+def test_a_rebuilt_index_keeps_every_uid(root):
+    fill(root, 200)
+    with MailboxIndex(root) as mi:
+        mi.folder("INBOX")
+    before = stored(root)
+    for suffix in ("", "-wal", "-shm"):
+        if (root / (DB_NAME + suffix)).exists():
+            os.unlink(root / (DB_NAME + suffix))
+    with MailboxIndex(root) as mi:
+        mi.folder("INBOX")
+    assert stored(root) == before == oracle(root)
+
+
+def test_twins_found_together_each_get_a_name_and_uid(root):
+    fill(root, 20)
+    name = next(n for n in os.listdir(root / "cur") if n.endswith(":2,S"))
+    os.link(root / "cur" / name, root / "cur" / (name[:-1] + "F"))  # same base, both new
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 21 + len(os.listdir(root / "new"))
+    rows = stored(root)
+    assert len({base for *_, base, _ in rows}) == len(rows) == len(os.listdir(root / "cur"))
+    assert rows == oracle(root)
+
+
+def _stat_that(monkeypatch, act):
+    """Make index_sync's os.stat run ``act(path)`` just before stat()ing a path: another
+    program at work between the listing and the stat."""
+    real = os.stat
+
+    def stat(path, *args, **kwargs):
+        act(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("maildir.index_sync.os.stat", stat)
+
+
+def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
+    fill(root, 100)
+    victim = sorted(os.listdir(root / "cur"))[40]
+    _stat_that(monkeypatch, lambda p: p.endswith(victim) and os.unlink(p))
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 99
+        assert victim not in os.listdir(root / "cur")
+        assert stored(root) == oracle(root)  # no UID lost to it: 1..99 in order
+        assert inbox.uids() == list(range(1, 100))
+
+
+def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypatch):
+    fill(root, 100)
+    victim = next(n for n in sorted(os.listdir(root / "cur")) if n.endswith(":2,"))
+    flagged = victim + "F"
+
+    def rename(path):
+        if path.endswith(victim):
+            os.rename(path, root / "cur" / flagged)  # another program flags it meanwhile
+
+    _stat_that(monkeypatch, rename)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 100
+    # Missed by the first pass, found by the next: the last UID, with its new name's flags.
+    *others, last = stored(root)
+    expected = [row for row in oracle(root) if row[-1] != flagged]
+    assert [row[1:] for row in others] == [row[1:] for row in expected]
+    assert [row[0] for row in others] == list(range(1, 100))
+    assert last[0] == 100 and last[-1] == flagged and last[1] == LETTER_BITS["F"]
+
+
+def test_bulk_added_file_list_equals_one_by_one():
+    names = [f"{i}.M{i}.host,S={i}:2,S" for i in range(50)]
+    bases = [n.partition(",")[0] for n in names]
+    subdirs = ["cur" if i % 3 else "new" for i in range(50)]
+    uids = list(range(1, 51))
+    bulk, single = KnownFiles(1, 0), KnownFiles(1, 0)
+    bulk.add_new(uids, bases, subdirs, names)
+    for entry in zip(uids, bases, subdirs, names, strict=True):
+        single.add(*entry)
+    assert (bulk.by_dir, bulk.bases) == (single.by_dir, single.bases)
