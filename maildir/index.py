@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+import time
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -58,7 +59,7 @@ from maildir import index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_state import MODSEQ_BLOCK, FolderState
-from maildir.index_sync import SyncResult, sync_folder
+from maildir.index_sync import DIRS, SyncResult, dir_fresh, sync_folder
 from maildir.keywords import imap_flags, split_keywords
 
 DEFAULT_DIRTY_WINDOW = 2.0  # seconds; see index_sync for what it trades
@@ -313,6 +314,16 @@ class FolderIndex(FolderState):
                 result = self._unreported.merged(result)
                 self._unreported = SyncResult()
         return result
+
+    def unchanged_since(self, modseq: int) -> bool:
+        """True if ``sync()`` now would find nothing and HIGHESTMODSEQ is still ``modseq``:
+        a session polling after each command then has nothing to catch up on.  Two stat()
+        calls and one SQLite row, no lock: cheap enough to ask before a trip to a thread."""
+        if self._unreported:
+            return False
+        row = self._row(self._conn())
+        now = time.time_ns()
+        return row.highestmodseq == modseq and all(dir_fresh(self, row, d, now) for d in DIRS)
 
     def _sync_before_change(self, full: bool = False) -> None:
         """Catch up before changing, so a STORE starts from the flags the files have now and

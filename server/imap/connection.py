@@ -81,7 +81,8 @@ class Connection:
         else:
             timeout = self.login_deadline - asyncio.get_running_loop().time()
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):  # no task per read, as wait_for makes
+                data = await self.reader.read(READ_SIZE)
         except TimeoutError:
             await self.write(responses.untagged("BYE Autologout; idle for too long"))
             raise Closed("idle timeout") from None

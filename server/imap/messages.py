@@ -20,6 +20,8 @@ log = logging.getLogger("mailstead.imap")
 
 BATCH = 500  # messages rendered per worker-thread call...
 BATCH_BYTES = 8 * 1024 * 1024  # ...or fewer, once this much response is waiting to be sent
+INLINE_MESSAGES = 8  # a FETCH of at most this many messages...
+INLINE_BYTES = 256 * 1024  # ...this big in all runs on the event loop, not in a thread
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
 
 
@@ -46,7 +48,8 @@ class MessageCommands:
         if self.selected is None:
             return []
         try:
-            await self.io(self.selected.refresh)
+            if not self.selected.unchanged():
+                await self.io(self.selected.refresh)
         except MailboxGone:
             # Dovecot's answer too: the client must reconnect and resynchronise.
             from server.imap.session import LOGOUT
@@ -176,6 +179,20 @@ class MessageCommands:
         want_infos = args.changedsince is not None or bool(names & INFO_ITEMS) or \
             any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items)
         infos = None
+        if want_infos and len(targets) <= INLINE_MESSAGES and \
+                not any(fetch.cached_kind(i) for i in items):
+            # A client opening a message or two: on the event loop when the files are
+            # small, as a trip to a worker thread costs more than reading them (page cache).
+            # Not with ENVELOPE and the like, whose first computation writes to the index.
+            infos = _infos(sel.folder, [u for _, u in targets])
+            if sum(info.size for info in infos.values()) <= INLINE_BYTES:
+                lines, missing, _, _ = self._fetch_batch(
+                    targets, items, args.changedsince, seen, infos, None)
+                if lines:
+                    yield b"".join(lines)
+                if missing:
+                    raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
+                return
         gone = False
         start = 0
         while start < len(targets):
@@ -192,7 +209,8 @@ class MessageCommands:
 
     def _fetch_batch(self, batch, items, changedsince, seen, infos,
                      info_targets) -> tuple[list[bytes], bool, int, dict | None]:
-        """Runs in a worker thread: cache, file reads, MIME. ``infos`` is None when only
+        """Runs in a worker thread (a few small messages: on the event loop): cache, file
+        reads, MIME. ``infos`` is None when only
         flags and UIDs are asked for: the session's view has those; ``info_targets``: read
         the index rows of these first (the first batch), and hand them back for the rest."""
         sel = self.selected

@@ -252,6 +252,16 @@ class Selected:
         self.uidnext = changes.uidnext
         return new, changed
 
+    def unchanged(self) -> bool:
+        """True when ``refresh()`` would find nothing; cheap enough for the event loop, so
+        the poll after every command costs no trip to a worker thread when nothing changed
+        (the common case). False when in doubt: refresh() then finds out, or says why not."""
+        try:
+            self._check_still_there()
+            return self.folder.unchanged_since(self.modseq)
+        except Exception:
+            return False
+
     def _check_still_there(self) -> None:
         """A folder deleted (or renamed, and perhaps recreated) under us must not be served
         from a stale index: its UIDs would be another folder's (RFC 3501 §2.3.1.1)."""

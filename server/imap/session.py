@@ -128,8 +128,9 @@ class Session(MailboxCommands, MessageCommands):
         yield responses.untagged("CAPABILITY " + " ".join(self.capabilities()))
 
     async def do_noop(self, cmd):
-        for chunk in await self.updates():
-            yield chunk
+        # The updates every command ends with (after_command) are all NOOP asks for.
+        return
+        yield
 
     async def do_logout(self, cmd):
         yield responses.untagged("BYE Logging out")

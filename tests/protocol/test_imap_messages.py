@@ -194,3 +194,23 @@ def test_envelope_reads_headers_past_the_first_read_and_files_renamed_meanwhile(
     assert done.startswith(b"a OK") and len(lines) == 4, (lines, done)
     assert b'"first"' in lines[0] and b'"third"' in lines[2]
     assert b'"long header"' in lines[3] and b'"<deep@remote.test>"' in lines[3]
+
+
+def test_a_few_small_messages_and_a_big_one_read_the_same(r, mx, user):
+    # A FETCH of a few small messages is served on the event loop, bigger ones in a worker
+    # thread: both must send the stored bytes, and the news that follows.
+    deliver(mx, user, "big", "z" * 76 + "\r\n" + ("y" * 78 + "\r\n") * 4000)  # ~320 KB
+    r.cmd("n", "NOOP")
+    stored = mx.messages(user)
+    for seq in (1, 4):
+        lines, done = r.cmd("a", f"FETCH {seq} (BODY.PEEK[] RFC822.SIZE)")
+        assert done.startswith(b"a OK"), done
+        body = stored[seq - 1]
+        assert lines[0].startswith(b"* %d FETCH (BODY[] {%d}\r\n" % (seq, len(body)))
+        assert body in lines[0] and b"RFC822.SIZE %d)" % len(body) in lines[0]
+    lines, done = r.cmd("b", "FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert [b"Subject: " + s in line for line, s in zip(lines, (b"first", b"second", b"third"),
+                                                        strict=True)] == [True] * 3
+    deliver(mx, user, "fifth", "five")
+    lines, done = r.cmd("c", "FETCH 2 (BODY.PEEK[TEXT])")
+    assert b"* 5 EXISTS" in lines and done.startswith(b"c OK")
