@@ -14,11 +14,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from maildir import create_maildir, parse_name
 from maildir.index import MailboxIndex
 from maildir.index_sql import DB_NAME
-from maildir.index_state import KnownFiles
+from maildir.index_state import KnownFiles, usual_name
 from maildir.keywords import LETTER_BITS
 from maildir.uidlist import UIDLIST_NAME
 
@@ -191,3 +193,34 @@ def test_bulk_added_file_list_equals_one_by_one():
     for entry in zip(uids, bases, subdirs, names, strict=True):
         single.add(*entry)
     assert (bulk.by_dir, bulk.bases) == (single.by_dir, single.bases)
+
+
+@given(st.text(alphabet="ab.,:SW=0127\n\r\udcff", min_size=1, max_size=16))
+def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
+    assume(name not in (".", ".."))  # never listed
+    match = usual_name(name)
+    if match is None:
+        return
+    assert not any(ch in name for ch in "\n\r\udcff")
+    parsed = parse_name(name)
+    assert match.groups() == (
+        parsed.base,
+        None if parsed.size is None else str(parsed.size),
+        None if parsed.vsize is None else str(parsed.vsize),
+        parsed.info,
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["1.M1.host,S=12,W=14:2,S", "1.M1.host,W=0", "1.M1.host,S=5:", "1.M1.host", "b:2,a:b", "é"],
+)
+def test_usual_names_are_taken(name):
+    assert usual_name(name) is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["b,S=007", "b,S=5,", "b,W=5,S=5", "b,S=5,S=6", ",S=5", "b,U=1", "b\udcff", "b:\n"]
+)
+def test_unusual_names_are_left_to_parse_name(name):
+    assert usual_name(name) is None
