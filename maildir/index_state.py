@@ -99,11 +99,11 @@ class KnownFiles:
     ) -> None:
         """``add`` for many, whose bases are not listed: in C (zip, compress), not in a loop
         of calls, since a first sync brings 100,000."""
-        entries = list(zip(uids, subdirs, names, strict=True))
-        self.bases.update(zip(bases, entries, strict=True))
+        uids, names = list(uids), list(names)
+        self.bases.update(zip(bases, zip(uids, subdirs, names, strict=True), strict=True))
         for subdir, files in self.by_dir.items():
-            in_dir = map(subdir.__eq__, subdirs)
-            files.update((name, uid) for uid, _, name in compress(entries, in_dir))
+            here = list(map(subdir.__eq__, subdirs))
+            files.update(zip(compress(names, here), compress(uids, here), strict=True))
 
     def remove(self, base: str) -> None:
         entry = self.bases.pop(base, None)
