@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from itertools import compress
@@ -95,11 +95,13 @@ class KnownFiles:
         self.bases[base] = (uid, subdir, name)
 
     def add_new(
-        self, uids: Iterable[int], bases: Iterable[str], subdirs: Sequence[str], names: Iterable
+        self, uids: Sequence[int], bases: Sequence[str], subdirs: Sequence[str], names: Sequence
     ) -> None:
-        """``add`` for many, whose bases are not listed: in C (zip, compress), not in a loop
-        of calls, since a first sync brings 100,000."""
-        uids, names = list(uids), list(names)
+        """``remove`` then ``add`` for many, in C (zip, compress) rather than a call each,
+        since a first sync brings 100,000.  Their bases are new to the list, so the removes
+        usually find nothing: a set intersection tells."""
+        for base in self.bases.keys() & bases:
+            self.remove(base)
         self.bases.update(zip(bases, zip(uids, subdirs, names, strict=True), strict=True))
         for subdir, files in self.by_dir.items():
             here = list(map(subdir.__eq__, subdirs))

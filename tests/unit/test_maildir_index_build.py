@@ -189,9 +189,12 @@ def test_bulk_added_file_list_equals_one_by_one():
     subdirs = ["cur" if i % 3 else "new" for i in range(50)]
     uids = list(range(1, 51))
     bulk, single = KnownFiles(1, 0), KnownFiles(1, 0)
+    for known in (bulk, single):  # one listed already, under another name and directory
+        known.add(99, bases[7], "new", "old-name")
     bulk.add_new(uids, bases, subdirs, names)
-    for entry in zip(uids, bases, subdirs, names, strict=True):
-        single.add(*entry)
+    for uid, base, subdir, name in zip(uids, bases, subdirs, names, strict=True):
+        single.remove(base)
+        single.add(uid, base, subdir, name)
     assert (bulk.by_dir, bulk.bases) == (single.by_dir, single.bases)
 
 
