@@ -13,8 +13,10 @@ name; if it is gone for good the message is skipped, and the next sync() reports
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,10 @@ if TYPE_CHECKING:
     from maildir.index import FolderIndex
 
 MODES = ("add", "remove", "replace")
+# A STORE renaming at least this many files records them in SQLite while it renames the
+# rest, a chunk at a time (see _overlapped).
+OVERLAP_MIN = 2000
+OVERLAP_CHUNK = 1000
 
 
 def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:
@@ -77,53 +83,41 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         failed = [r.uid for r in rows if unchangedsince is not None and r.modseq > unchangedsince]
         skip = set(failed)
         plan = []
-        # Adding or removing system flags only (STORE 1:* +FLAGS \Seen): rows that already
-        # are as asked need no keyword parsing.
-        unchanged = None
-        if not arg_kws and mode == "add":
-            unchanged = lambda r: r.flags | arg_bits == r.flags  # noqa: E731
-        elif not arg_kws and mode == "remove":
-            unchanged = lambda r: not r.flags & arg_bits  # noqa: E731
-        for r in rows:
-            if r.uid in skip or (unchanged is not None and unchanged(r)):
-                continue
-            old_kws = set(split_keywords(r.keywords))
-            bits, kws = _apply_mode(mode, r.flags, old_kws, arg_bits, arg_kws)
-            if (bits, join_keywords(kws)) != (r.flags, r.keywords):
-                plan.append((r, bits, kws))
+        if system_only:
+            # Adding or removing system flags only (STORE 1:* +FLAGS \Seen): keywords stay
+            # as they are, and rows already as asked are skipped without parsing anything.
+            for r in rows:
+                bits = r.flags | arg_bits if mode == "add" else r.flags & ~arg_bits
+                if bits != r.flags and r.uid not in skip:
+                    plan.append((r, bits, r.keywords))
+        else:
+            for r in rows:
+                if r.uid in skip:
+                    continue
+                bits, kws = _apply_mode(mode, r.flags, set(split_keywords(r.keywords)),
+                                        arg_bits, arg_kws)
+                text = join_keywords(kws)
+                if (bits, text) != (r.flags, r.keywords):
+                    plan.append((r, bits, text))
         if not plan:
             return [], failed
         fi._keywords.assign(arg_kws)
-        done = []
-        directory = str(fi.directory)
-        for r, bits, kws in plan:
-            new_name = info_name(r.name, _letters(fi, bits, kws))
-            try:
-                os.rename(f"{directory}/{r.subdir}/{r.name}", f"{directory}/cur/{new_name}")
-            except FileNotFoundError:
-                where = locate(fi, r.base)
-                if where is None:
-                    continue  # deleted by another program: the next sync() expunges it
-                # Renamed by another program: apply the STORE to the flags it has now.
-                letters = split_name(where[1])[3]
-                now_kws = fi._keywords.names_of(letters) | {
-                    k for k in split_keywords(r.keywords) if not fi._keywords.has_letter(k)
-                }
-                bits, kws = _apply_mode(mode, bits_of_letters(letters), now_kws, arg_bits, arg_kws)
-                new_name = info_name(where[1], _letters(fi, bits, kws))
-                try:
-                    os.rename(fi.directory / where[0] / where[1], fi.directory / "cur" / new_name)
-                except FileNotFoundError:
-                    continue
-            done.append(
-                r._replace(flags=bits, keywords=join_keywords(kws), subdir="cur", name=new_name)
-            )
-        if not done:
-            return [], failed
+        renames = _renames(fi, plan, mode, arg_bits, arg_kws)
+        chunks = _overlapped(renames) if len(plan) >= OVERLAP_MIN else iter([list(renames)])
+        done: list[sql.MsgRow] = []
         with sql.write_txn(conn):
-            modseq = fi._allocate_modseq(conn, row)
-            done = [d._replace(modseq=modseq) for d in done]
-            sql.update_files(conn, row.id, done)
+            modseq = None
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                if modseq is None:
+                    modseq = fi._allocate_modseq(conn, row)
+                rows = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
+                                   "cur", name) for r, bits, text, name in chunk]
+                sql.update_files(conn, row.id, rows)
+                done.extend(rows)
+            if not done:
+                return [], failed
             values = {"highestmodseq": modseq, "version": row.version + 1}
             if cur_fresh:
                 values.update(own_change_record(fi, row.cur_recheck))
@@ -132,11 +126,76 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
     return done, failed
 
 
+def _renames(fi: FolderIndex, plan, mode, arg_bits, arg_kws):
+    """Rename each planned file to its new flags; yields (row, bits, keywords, new name)."""
+    directory = str(fi.directory)
+    infos: dict[tuple[int, str], str] = {}  # a STORE of many gives them few infos
+    for r, bits, text in plan:
+        info = infos.get((bits, text))
+        if info is None:
+            info = infos[bits, text] = info_name("", _letters(fi, bits, split_keywords(text)))
+        new_name = r.name.partition(":")[0] + info
+        try:
+            os.rename(f"{directory}/{r.subdir}/{r.name}", f"{directory}/cur/{new_name}")
+        except FileNotFoundError:
+            where = locate(fi, r.base)
+            if where is None:
+                continue  # deleted by another program: the next sync() expunges it
+            # Renamed by another program: apply the STORE to the flags it has now.
+            letters = split_name(where[1])[3]
+            now_kws = fi._keywords.names_of(letters) | {
+                k for k in split_keywords(r.keywords) if not fi._keywords.has_letter(k)
+            }
+            bits, kws = _apply_mode(mode, bits_of_letters(letters), now_kws, arg_bits, arg_kws)
+            text = join_keywords(kws)
+            new_name = info_name(where[1], _letters(fi, bits, kws))
+            try:
+                os.rename(fi.directory / where[0] / where[1], fi.directory / "cur" / new_name)
+            except FileNotFoundError:
+                continue
+        yield r, bits, text, new_name
+
+
+def _overlapped(items: Iterator) -> Iterator[list]:
+    """``items`` in lists of OVERLAP_CHUNK, produced by a thread of their own: the renames of a
+    big STORE go on while SQLite records those already done.  Both let go of the GIL (a
+    rename is a system call, SQLite steps run without it), so on two cores the index update
+    costs next to no time of its own.  Files first, index second still holds: a chunk is
+    recorded only after its renames, and the transaction commits after the last."""
+    results: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    size = OVERLAP_CHUNK
+
+    def produce() -> None:
+        try:
+            chunk = []
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= size:
+                    results.put(chunk)
+                    chunk = []
+                    if stop.is_set():
+                        return  # the index update failed: rename no more
+            results.put(chunk)
+            results.put(None)
+        except BaseException as err:  # noqa: BLE001 -- handed to the consumer to raise
+            results.put(err)
+
+    thread = threading.Thread(target=produce, name="store-renames", daemon=True)
+    thread.start()
+    try:
+        while (got := results.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _moved_rows(rows: list[sql.MsgRow]):
     def update(known) -> None:
-        for r in rows:
-            known.remove(r.base)
-            known.add(r.uid, r.base, r.subdir, r.name)
+        known.moved(rows)
 
     return update
 

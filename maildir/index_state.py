@@ -112,6 +112,17 @@ class KnownFiles:
         if entry is not None:
             self.by_dir[entry[1]].pop(entry[2], None)
 
+    def moved(self, rows: Iterable) -> None:
+        """``remove`` then ``add`` for each renamed row (``uid``, ``base``, ``subdir``,
+        ``name``), in one loop: a STORE on a whole folder renames tens of thousands."""
+        bases, by_dir = self.bases, self.by_dir
+        for r in rows:
+            old = bases.get(r.base)
+            if old is not None:
+                by_dir[old[1]].pop(old[2], None)
+            by_dir[r.subdir][r.name] = r.uid
+            bases[r.base] = (r.uid, r.subdir, r.name)
+
 
 def locate(fi: FolderState, base: str) -> tuple[str, str] | None:
     """Where the message with ``base`` is now, after another program renamed it."""

@@ -303,8 +303,7 @@ class MessageCommands:
                                             set(args.flags), mode, args.unchangedsince)
         except ValueError as err:
             raise Bad(str(err)) from None
-        for info in changed:
-            sel.flags[info.uid] = info.flags
+        sel.stored(changed)
         if changed:
             self.notify(sel.name)
         if not args.silent and not sel.condstore and not failed:

@@ -252,6 +252,23 @@ class Selected:
         self.uidnext = changes.uidnext
         return new, changed
 
+    def stored(self, changed) -> None:
+        """Take in the new flags of this session's STORE (MessageInfos in UID order).
+
+        MODSEQs are handed out one at a time, so when the STORE's is the one right after the
+        session's, nothing else changed the folder in between: the view is then current at
+        the STORE's MODSEQ, and the poll after the command need not read the changed rows
+        back (30,000 of them for STORE 1:* +FLAGS \\Seen on a big folder)."""
+        uids, sets = self.uids, self.flag_sets
+        i = 0
+        for info in changed:
+            i = bisect.bisect_left(uids, info.uid, i)
+            if i < len(uids) and uids[i] == info.uid:
+                sets[i] = info.flags
+        modseqs = {info.modseq for info in changed}
+        if len(modseqs) == 1 and modseqs == {self.modseq + 1}:
+            self.modseq += 1
+
     def unchanged(self) -> bool:
         """True when ``refresh()`` would find nothing; cheap enough for the event loop, so
         the poll after every command costs no trip to a worker thread when nothing changed
@@ -356,6 +373,8 @@ class Selected:
                         for seq, uid in targets]
             return [b"* %d FETCH (%s UID %d)\r\n" % (seq, flags[ids[seq - 1]], uid)
                     for seq, uid in targets]
+        if names == ("FLAGS",) and not recent:  # the answer to STORE 1:* +FLAGS ...
+            return [b"* %d FETCH (%s)\r\n" % (seq, flags[ids[seq - 1]]) for seq, _ in targets]
         return [b"* %d FETCH (%s)\r\n" % (seq, b" ".join(item(n, seq, uid) for n in names))
                 for seq, uid in targets]
 

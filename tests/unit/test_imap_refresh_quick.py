@@ -82,3 +82,16 @@ def test_a_folder_deleted_under_the_session_is_not_unchanged(index, tmp_path):
     view = opened(index)
     shutil.rmtree(index.root / "cur")
     assert not view.unchanged()
+
+
+def test_a_sessions_own_store_needs_no_reading_back_unless_another_came_between(index):
+    view, other = opened(index), opened(index)
+    changed, _ = view.folder.store_flags([1, 3], {"\\Seen"}, "add")
+    view.stored(changed)
+    assert view.flags[1] == {"\\Seen"} and view.flags[3] == {"\\Seen"}
+    assert view.unchanged()  # current at the STORE's MODSEQ: nothing to read back
+    other.folder.store_flags([2], {"\\Flagged"}, "add")  # another session's change...
+    changed, _ = view.folder.store_flags([1], {"\\Answered"}, "add")
+    view.stored(changed)  # ...came between: the view must still catch up on it
+    assert not view.unchanged()
+    assert view.refresh()[1] == [2] and view.flags[2] == {"\\Flagged"}

@@ -1,0 +1,100 @@
+"""A big STORE renames files in a thread while SQLite records the renamed (index_ops
+._overlapped): the same results as the plain path, files first and index second, and a
+failure on either side stops it without losing what the files say."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from maildir import Delivery, create_maildir, deliver, index_ops
+from maildir import index_sql as sql
+from maildir.index import MailboxIndex
+
+N = 40
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_ops, "OVERLAP_MIN", 5)
+    monkeypatch.setattr(index_ops, "OVERLAP_CHUNK", 3)
+    root = tmp_path / "u"
+    create_maildir(root, folders=())
+    for i in range(N):
+        deliver([Delivery(root, [b"Subject: %d\r\n\r\nbody\r\n" % i])])
+    with MailboxIndex(root) as mi:
+        yield mi.folder("INBOX")
+
+
+def names(fi) -> list[str]:
+    return sorted(os.listdir(fi.directory / "cur"))
+
+
+def test_big_store_matches_files_and_index_with_others_renaming_and_deleting(folder,
+                                                                           monkeypatch):
+    cur = folder.directory / "cur"
+    paths = folder.paths(range(1, N + 1))
+    # Another program deletes one file and flags another after the STORE's own sync.
+    monkeypatch.setattr(folder, "_sync_before_change", lambda full=False: None)
+    os.unlink(paths[7])
+    os.rename(paths[9], paths[9] + "F")
+    changed, failed = folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
+    assert failed == [] and [i.uid for i in changed] == [u for u in range(1, N + 1) if u != 7]
+    assert {i.modseq for i in changed} == {folder.highestmodseq}
+    assert next(i for i in changed if i.uid == 9).flags == {"\\Seen", "\\Flagged"}
+    assert all(n.endswith(("2,S", "2,FS")) for n in names(folder))
+    # The index names every file as it now is: a full listing finds no flag to change.
+    monkeypatch.undo()
+    assert folder.sync(full=True).changed == []
+    assert sorted(folder.paths(range(1, N + 1)).values()) == \
+        sorted(str(cur / n) for n in names(folder))
+    # Removing is the same path: back to unseen, every file renamed again.
+    changed, _ = folder.store_flags(range(1, N + 1), {"\\Seen"}, "remove")
+    assert len(changed) == N - 1 and not any(n.endswith("S") for n in names(folder))
+
+
+def test_index_failure_stops_the_renames_and_a_sync_reads_the_files(folder, monkeypatch):
+    calls = []
+
+    def failing(conn, folder_id, rows):
+        calls.append(len(rows))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sql, "update_files", failing)
+    real = os.rename
+
+    def slow_rename(*args, **kwargs):  # so that the failure surely comes before the end
+        time.sleep(0.002)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_ops.os, "rename", slow_rename)
+    with pytest.raises(OSError):
+        folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
+    monkeypatch.undo()
+    renamed = sum(n.endswith("S") for n in names(folder))
+    assert calls == [3] and 3 <= renamed < N  # stopped early, after its first chunk
+    # Files first: what was renamed is a flag change the next sync takes in.
+    assert len(folder.sync(full=True).changed) == renamed
+    seen = [i.uid for i in folder.messages() if "\\Seen" in i.flags]
+    assert len(seen) == renamed
+
+
+def test_rename_failure_reaches_the_caller_and_nothing_is_recorded(folder, monkeypatch):
+    real = os.rename
+    count = []
+
+    def rename(src, dst, *args, **kwargs):
+        count.append(1)
+        if len(count) == 8:
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(index_ops.os, "rename", rename)
+    before = folder.highestmodseq
+    with pytest.raises(PermissionError):
+        folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
+    monkeypatch.undo()
+    assert folder.highestmodseq == before  # the transaction rolled back
+    assert len(folder.sync(full=True).changed) == 7  # the seven renamed files
