@@ -88,7 +88,8 @@ def _workers(value: Any) -> int | str:
 
 
 def worker_count(setting: int | str) -> int:
-    """``[smtp] workers`` as a number: "auto" is one per usable CPU, none with only one."""
+    """``[smtp] workers`` or ``[imap] parse_workers`` as a number: "auto" is one per usable
+    CPU (at most 8), none with only one."""
     if setting != "auto":
         return int(setting)
     cpus = len(os.sched_getaffinity(0))
@@ -364,6 +365,12 @@ class IMAPSection:
     max_connections_per_user: int = option(
         50, "Simultaneous logged-in IMAP sessions per user (a phone, a laptop and a tablet "
         "each open several).", _int_range(1, 10000))
+    parse_workers: int | str = option(
+        "auto", "Helper processes that compute ENVELOPE and BODYSTRUCTURE when a client first "
+        "fetches them for many messages (a first sync of a big folder), so that parsing "
+        "uses more than one core and does not hold up other sessions. Started when needed, "
+        "stopped after a minute idle. 0 parses in the daemon; \"auto\" is one per CPU (at "
+        "most 8) on a machine with two or more, else none.", _workers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ sections read the file.
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from server.imap import mime
 from server.imap.encode import Raw, encode, flag_list, nstring
@@ -25,6 +26,27 @@ def crlf(message: bytes) -> bytes:
     if message.count(b"\n") == message.count(b"\r\n"):
         return message
     return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+HEADER_READ = 16384
+
+
+def read_file(path: str, header_only: bool = False) -> bytes:
+    """A message file, or with ``header_only`` as much of it as holds the header (what
+    ENVELOPE needs: one read for almost every message)."""
+    if not header_only:
+        with open(path, "rb") as f:
+            return f.read()
+    # os-level calls: a buffered file object costs more than the read itself here.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, HEADER_READ)
+        if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
+            return data
+        with open(fd, "rb", closefd=False) as f:
+            return data + f.read()
+    finally:
+        os.close(fd)
 
 
 def internal_date(epoch: int) -> bytes:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import logging
-import os
 import sqlite3
 
-from server.imap import fetch, search
+from server.imap import fetch, parsepool, search
 from server.imap.encode import astring
 from server.imap.responses import Bad, No, ok, untagged
 from server.imap.selected import MailboxGone
@@ -226,6 +225,21 @@ class MessageCommands:
         header_only = not wants_file and kinds <= {"envelope"}
         paths = None
         lines, missing, done, size = [], False, 0, 0
+        pool = self.ctx.parse_pool
+        if kinds and not wants_file and pool is not None:
+            # Many to compute (a first sync): in the helper processes, all at once.
+            for kind in kinds:
+                todo = [u for u in uids if u not in cache[kind]]
+                if len(todo) < parsepool.MIN_BATCH:
+                    continue
+                if paths is None:
+                    paths = folder.paths(uids)
+                todo = [u for u in todo if u in paths]
+                values = pool.compute(kind, [paths[u] for u in todo])
+                for uid, value in zip(todo, values or (), strict=False):
+                    if value is not None:
+                        cache[kind][uid] = value
+                        new_cache[kind].append((uid, value))
         for seq, uid in batch:
             if size > BATCH_BYTES:
                 break
@@ -420,27 +434,12 @@ class MessageCommands:
 INFO_ITEMS = {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
 
 
-HEADER_READ = 16384
-
-
 def _read(folder, uid: int, path: str | None, header_only: bool) -> bytes:
     """The message (or as much as holds its header) from ``path``, looked up for the whole
     batch in one query; a file renamed since by another program is found by ``read``."""
     if path is not None:
         try:
-            if not header_only:
-                with open(path, "rb") as f:
-                    return f.read()
-            # os-level calls: a buffered file object costs more than the read itself here.
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                data = os.read(fd, HEADER_READ)
-                if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
-                    return data
-                with open(fd, "rb", closefd=False) as f:
-                    return data + f.read()
-            finally:
-                os.close(fd)
+            return fetch.read_file(path, header_only)
         except FileNotFoundError:
             pass
     return folder.read(uid)

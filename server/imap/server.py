@@ -14,9 +14,10 @@ from concurrent.futures import Executor
 
 from maildir.index import MailboxIndex
 from server.abuse import BANNED, RATE, Guard, Refused
-from server.config import Config, Listen
+from server.config import Config, Listen, worker_count
 from server.imap.connection import Connection
 from server.imap.notify import ChangeHub
+from server.imap.parsepool import ParsePool
 from server.imap.session import Session
 from server.smtp.protocol import new_conn_id
 
@@ -63,6 +64,7 @@ class IMAPContext:
         self.on_junk_move = None
         self._indexes: dict[str, MailboxIndex] = {}
         self._lock = threading.Lock()
+        self.parse_pool = ParsePool(worker_count(config.imap.parse_workers))
         self.update_config(config)
 
     def update_config(self, config: Config) -> None:
@@ -81,6 +83,7 @@ class IMAPContext:
             return index
 
     def close(self) -> None:
+        self.parse_pool.close()
         with self._lock:
             for index in self._indexes.values():
                 index.close()

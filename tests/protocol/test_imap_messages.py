@@ -214,3 +214,29 @@ def test_a_few_small_messages_and_a_big_one_read_the_same(r, mx, user):
     deliver(mx, user, "fifth", "five")
     lines, done = r.cmd("c", "FETCH 2 (BODY.PEEK[TEXT])")
     assert b"* 5 EXISTS" in lines and done.startswith(b"c OK")
+
+
+def test_a_first_envelope_and_bodystructure_of_many_messages(mx):
+    # Enough messages for the parse helpers (where the machine has two CPUs, as "auto"
+    # then starts them): every answer must be what this process computes from the file.
+    from server.imap import fetch, parsepool
+
+    address = "many@example.test"
+    mx.add_user(address)
+    n = parsepool.MIN_BATCH + 16
+    with mx.smtp() as client:
+        for i in range(n):
+            client.sendmail("bob@remote.test", [address],
+                            (f"From: Bob {i} <bob@remote.test>\r\nTo: {address}\r\n"
+                             f"Subject: number {i}\r\nMessage-ID: <{i}@remote.test>\r\n"
+                             f"\r\nbody {i}\r\n").encode())
+    stored = mx.messages(address)
+    with Raw(mx) as session:
+        session.login(address)
+        session.cmd("s", "SELECT INBOX")
+        for item, kind in (("ENVELOPE", "envelope"), ("BODYSTRUCTURE", "bodystructure")):
+            lines, done = session.cmd("f", f"FETCH 1:* ({item})")
+            assert done.startswith(b"f OK") and len(lines) == n
+            for seq, (line, message) in enumerate(zip(lines, stored, strict=True), 1):
+                want = fetch.compute_cached(kind, fetch.crlf(message))
+                assert line == b"* %d FETCH (%s %s)" % (seq, item.encode(), want)
