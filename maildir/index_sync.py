@@ -318,8 +318,11 @@ class _Pass:
             flagged = set(flag_changes)
             updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
             # strict=False for the endless repeat()s; the columns have one length.
-            columns = (uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs, names)
-            sql.insert_rows(conn, zip(repeat(row.id), *columns, strict=False))
+            added = zip(
+                repeat(row.id), uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs,
+                names, strict=False,
+            )
+            sql.insert_rows(conn, added)
             sql.update_files(conn, row.id, updates)
             if expunged:
                 sql.delete_messages(conn, row.id, expunged, modseq)
