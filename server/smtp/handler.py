@@ -4,6 +4,7 @@ message checks, quota, and the end of a transaction (commit, log line, reply).""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import Executor
 
@@ -15,11 +16,17 @@ from server.dnsresolve import make_resolver, verified_reverse_name
 from server.smtp import replies, trace
 from server.smtp.commit import Outgoing, commit_or_reply
 from server.smtp.replies import SMTPError, smtp_hook
+from server.smtp.reverse import ReverseNames
 
 log = logging.getLogger("mailstead.smtp")
 
 # RFC 5321 §6.3: a message that has passed this many relays is looping.
 MAX_HOPS = 100
+
+# The same senders and recipients come again and again (a busy peer, our own users): each
+# address is parsed once, not at every MAIL and RCPT. Address is immutable; a malformed one
+# raises every time (exceptions are not cached).
+cached_parse_address = functools.lru_cache(maxsize=4096)(parse_address)
 
 
 class BaseHandler:
@@ -36,17 +43,18 @@ class BaseHandler:
         # Told which mailboxes got a message, so IMAP sessions in IDLE hear of it at once.
         self.on_delivered = on_delivered or (lambda addresses, folder="INBOX": None)
         self.resolver = make_resolver(config.dns, cache=True)
+        self.reverse_names = ReverseNames(lambda ip: verified_reverse_name(self.resolver, ip))
 
     def update_config(self, config: Config) -> None:
         self.config = config
         self.resolver = make_resolver(config.dns, cache=True)
+        self.reverse_names.names.clear()  # perhaps other name servers now
 
     # --- greeting ---
 
     def _start_reverse_lookup(self, server) -> None:
         if server.reverse_name_task is None:
-            server.reverse_name_task = asyncio.ensure_future(
-                verified_reverse_name(self.resolver, server.peer_ip))
+            server.reverse_name_task = self.reverse_names.start(server.peer_ip)
 
     @smtp_hook
     async def handle_HELO(self, server, session, envelope, hostname: str) -> str:
@@ -83,7 +91,7 @@ class BaseHandler:
             domains = self.accounts.list_domains()
             address = f"postmaster@{domains[0]}" if domains else address
         try:
-            return parse_address(address)
+            return cached_parse_address(address)
         except AddressError as err:
             raise SMTPError(replies.BAD_RECIPIENT_SYNTAX,
                             f"Recipient address malformed: {err}") from None

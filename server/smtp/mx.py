@@ -19,12 +19,12 @@ import logging
 import re
 
 from maildir import create_folder
-from server.addresses import AddressError, parse_address
+from server.addresses import AddressError
 from server.inbound import arc, authresults
 from server.inbound.verdict import Verdict, evaluate
 from server.smtp import replies
 from server.smtp.commit import Outgoing
-from server.smtp.handler import BaseHandler, declared_size
+from server.smtp.handler import BaseHandler, cached_parse_address, declared_size
 from server.smtp.replies import SMTPError, smtp_hook
 
 log = logging.getLogger("mailstead.mx")
@@ -48,7 +48,7 @@ class MXHandler(BaseHandler):
         sender = ""
         if address != "<>":
             try:
-                sender = str(parse_address(address))
+                sender = str(cached_parse_address(address))
             except AddressError as err:
                 raise SMTPError(replies.BAD_SENDER_SYNTAX,
                                 f"Sender address malformed: {err}") from None

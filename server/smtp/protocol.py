@@ -7,31 +7,44 @@ All mail behaviour lives in handler classes (``mx.MXHandler``). This subclass on
   keeps failing is guessing addresses or looping);
 - answers 421 before closing on idle timeout and at shutdown, instead of a silent hang-up;
 - refuses AUTH with 503 where the service offers none (the MX), and STARTTLS out of order;
-- keeps one connection id across STARTTLS (aiosmtpd makes a new Session then, per RFC 3207 §4.2).
+- keeps one connection id across STARTTLS (aiosmtpd makes a new Session then, per RFC 3207 §4.2);
+- reads DATA in whole chunks (``data.DataReader``) instead of aiosmtpd's line at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import os
 import time
 
 from aiosmtpd.smtp import (
+    MISSING,
     SMTP,
     Envelope,
     Session,
     TLSSetupException,
     _AuthMechAttr,
     login_always_fail,
+    syntax,
 )
 
 from server.addresses import AddressError, parse_path
 from server.smtp import replies
+from server.smtp.data import NOMINAL, TOO_LONG, DataReader
 
 log = logging.getLogger("mailstead.smtp")
+
+# More than the stream reader ever holds (it pauses the socket at twice its line limit, plus
+# one read of the transport): a read of this size takes all that has arrived.
+_READ_ALL = 1 << 30
+
+# Paths repeat from message to message (see handler.cached_parse_address).
+_parse_path = functools.lru_cache(maxsize=4096)(
+    functools.partial(parse_path, allow_postmaster=True))
 
 _conn_counter = itertools.count(1)
 _conn_prefix = format(int(time.time()) % 46656, "x") + format(os.getpid() % 4096, "x")
@@ -126,7 +139,7 @@ class SMTPProtocol(SMTP):
         self.max_errors = max_errors
         self.auth_enabled = auth_enabled
         self.registry = registry
-        self.reverse_name_task: asyncio.Task | None = None
+        self.reverse_name_task: asyncio.Future | None = None
         self.delivering = False  # the handler is writing a message: shutdown waits for it
         self._greeted = False
         self._in_helo = False
@@ -227,7 +240,7 @@ class SMTPProtocol(SMTP):
         if not arg or not arg.strip():
             return "", ""
         try:
-            mailbox, rest = parse_path(arg, allow_postmaster=True)
+            mailbox, rest = _parse_path(arg)
         except AddressError as err:
             log.info("conn=%s bad path %r: %s", self.conn_id, arg[:300], err)
             return None, None
@@ -275,3 +288,49 @@ class SMTPProtocol(SMTP):
             await self.push(str(replies.AUTH_NOT_ENABLED))
             return
         await super().smtp_AUTH(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's ``smtp_DATA`` (1.4) with the message read by ``DataReader``: same
+        replies, same envelope, same hook call."""
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self.data_size_limit, self.line_length_limit)
+        while True:
+            try:
+                chunk = await self._reader.read(_READ_ALL)
+            except asyncio.CancelledError:  # the connection was lost or the client hung up
+                log.info("conn=%s connection lost during DATA", self.conn_id)
+                self._writer.close()
+                raise
+            if not chunk:  # end of stream (eof_received cancels us first; never seen)
+                self._writer.close()
+                return
+            rest = reader.feed(chunk)
+            if rest is not None:
+                break
+        # What came after the end (pipelined commands) goes back for the command loop; the
+        # read above took everything buffered, so it lands in front, in order.
+        if rest and not self._reader.at_eof():
+            self._reader.feed_data(rest)
+        if reader.state != NOMINAL:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)" if reader.state == TOO_LONG
+                            else "552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = reader.message
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
