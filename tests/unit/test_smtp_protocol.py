@@ -78,10 +78,9 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
 def test_worker_outbox_loses_nothing_when_the_channel_is_full():
     """A worker's reports to the daemon ("closed", "queued", ...) wait when the channel is
     full and go out in order once the daemon reads again."""
-    import json
     import socket
 
-    from server.smtp.dispatch import Outbox
+    from server.smtp.dispatch import Outbox, messages
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -90,13 +89,14 @@ def test_worker_outbox_loses_nothing_when_the_channel_is_full():
 
     async def scenario():
         outbox = Outbox(ours)
-        for i in range(2000):
+        for i in range(20000):
             outbox.send({"op": "queued", "id": str(i)})
+        await asyncio.sleep(outbox.delay * 2)  # gathered, packed, sent as far as it goes
         assert outbox.waiting  # the channel filled up: the rest wait
         theirs.setblocking(False)
-        while len(received) < 2000:
+        while len(received) < 20000:
             try:
-                received.append(json.loads(theirs.recv(1024))["id"])
+                received.extend(m["id"] for m in messages(theirs.recv(65536)))
             except BlockingIOError:
                 await asyncio.sleep(0.001)
         assert not outbox.waiting
@@ -108,4 +108,36 @@ def test_worker_outbox_loses_nothing_when_the_channel_is_full():
         loop.close()
         ours.close()
         theirs.close()
-    assert received == [str(i) for i in range(2000)]
+    assert received == [str(i) for i in range(20000)]
+
+
+def test_worker_reports_go_together_and_drain_sends_the_rest():
+    """Reports made within ``delay`` share one packet (one wake-up of the daemon); at exit,
+    ``drain`` sends what is still gathering."""
+    import socket
+
+    from server.smtp.dispatch import Outbox, messages
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    theirs.settimeout(5)
+
+    async def scenario():
+        outbox = Outbox(ours, delay=0.05)
+        outbox.send({"op": "delivered", "addresses": ["a@example.test"], "folder": "INBOX"})
+        outbox.send({"op": "closed", "id": "c1"})
+        assert outbox.pending  # not sent yet...
+        await asyncio.sleep(0.1)
+        assert [m["op"] for m in messages(theirs.recv(65536))] == ["delivered", "closed"]
+        outbox.send({"op": "closed", "id": "c2"})
+        outbox.drain()  # ...or sent at once when the worker stops
+        assert messages(theirs.recv(65536)) == [{"op": "closed", "id": "c2"}]
+        assert outbox.timer is None
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+    finally:
+        loop.close()
+        ours.close()
+        theirs.close()
