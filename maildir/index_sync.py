@@ -47,6 +47,8 @@ MAX_PASSES = 3
 # escapes) cannot be recorded, so such a file is left alone and never shown over IMAP.
 _UNINDEXABLE = re.compile("[\n\r\ud800-\udfff]")
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
 
 @dataclass
 class SyncResult:
@@ -374,24 +376,34 @@ class _Pass:
         names_of = self.fi._keywords.names_of
         directory = str(self.fi.directory)
         stat_, is_file = os.stat, stat.S_ISREG
-        for base, subdir, name, size, letters in adds:
-            try:
-                st = stat_(f"{directory}/{subdir}/{name}")
-            except FileNotFoundError:
-                self.raced = True
-                continue
-            if not is_file(st.st_mode):
-                continue
-            flags = by_letters.get(letters)
-            if flags is None:
-                flags = (bits_of_letters(letters), join_keywords(names_of(letters)))
-                by_letters[letters] = flags
-            # RFC822.SIZE: ,W= is the size with CRLF line ends, which is what IMAP serves;
-            # our own files have ,W= = ,S= = the file size.
-            if size is None:
-                size = st.st_size
-            date = int(st.st_mtime)
-            rows.append((st.st_mtime_ns, name, subdir, base, size, date, flags[0], flags[1]))
+        # stat() by name in the open directory: the kernel does not walk the whole path
+        # again for each file (an eighth of the stat time).
+        dir_fds: dict[str, int] = {}
+        try:
+            for base, subdir, name, size, letters in adds:
+                try:
+                    fd = dir_fds.get(subdir)
+                    if fd is None:
+                        fd = dir_fds[subdir] = os.open(f"{directory}/{subdir}", _DIR_FLAGS)
+                    st = stat_(name, dir_fd=fd)
+                except FileNotFoundError:
+                    self.raced = True
+                    continue
+                if not is_file(st.st_mode):
+                    continue
+                flags = by_letters.get(letters)
+                if flags is None:
+                    flags = (bits_of_letters(letters), join_keywords(names_of(letters)))
+                    by_letters[letters] = flags
+                # RFC822.SIZE: ,W= is the size with CRLF line ends, which is what IMAP
+                # serves; our own files have ,W= = ,S= = the file size.
+                if size is None:
+                    size = st.st_size
+                date = int(st.st_mtime)
+                rows.append((st.st_mtime_ns, name, subdir, base, size, date, flags[0], flags[1]))
+        finally:
+            for fd in dir_fds.values():
+                os.close(fd)
         # UIDs in delivery order: a file's mtime is when it was delivered.  Names are
         # unique, so the tuples compare by (mtime, name) alone.
         rows.sort()

@@ -139,12 +139,12 @@ def test_twins_found_together_each_get_a_name_and_uid(root):
 
 
 def _stat_that(monkeypatch, act):
-    """Make index_sync's os.stat run ``act(path)`` just before stat()ing a path: another
-    program at work between the listing and the stat."""
+    """Make index_sync's os.stat run ``act(file name)`` just before stat()ing a file (by path
+    or by name in a directory): another program at work between the listing and the stat."""
     real = os.stat
 
     def stat(path, *args, **kwargs):
-        act(str(path))
+        act(os.path.basename(path))
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr("maildir.index_sync.os.stat", stat)
@@ -153,7 +153,7 @@ def _stat_that(monkeypatch, act):
 def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
     fill(root, 100)
     victim = sorted(os.listdir(root / "cur"))[40]
-    _stat_that(monkeypatch, lambda p: p.endswith(victim) and os.unlink(p))
+    _stat_that(monkeypatch, lambda name: name == victim and os.unlink(root / "cur" / name))
     with MailboxIndex(root) as mi:
         inbox = mi.folder("INBOX")
         assert inbox.count == 99
@@ -167,9 +167,9 @@ def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypa
     victim = next(n for n in sorted(os.listdir(root / "cur")) if n.endswith(":2,"))
     flagged = victim + "F"
 
-    def rename(path):
-        if path.endswith(victim):
-            os.rename(path, root / "cur" / flagged)  # another program flags it meanwhile
+    def rename(name):
+        if name == victim:  # another program flags it meanwhile
+            os.rename(root / "cur" / name, root / "cur" / flagged)
 
     _stat_that(monkeypatch, rename)
     with MailboxIndex(root) as mi:
