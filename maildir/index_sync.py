@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
+from maildir.index_adds import stat_new_files
 from maildir.index_state import KnownFiles, info_name, letters_of_info, split_name, usual_name
 from maildir.keywords import bits_of_letters, join_keywords, split_keywords
 from maildir.naming import new_unique_name
@@ -47,7 +47,6 @@ MAX_PASSES = 3
 # escapes) cannot be recorded, so such a file is left alone and never shown over IMAP.
 _UNINDEXABLE = re.compile("[\n\r\ud800-\udfff]")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass
@@ -197,7 +196,7 @@ class _Pass:
 
         Returns ``found``, the renames and the files that need care, and ``fresh``, the
         plain new files of cur/: base -> ``(base, subdir, name, size, letters)``, as
-        ``_stat_adds`` takes them.  In a first sync that is every file, so they are kept
+        ``stat_new_files`` takes them.  In a first sync that is every file, so they are kept
         as plain tuples, from one regex match each.
         """
         found: dict[str, _Found] = {}
@@ -296,7 +295,8 @@ class _Pass:
         live = {b: e for b, e in found.items() if e.subdir is not None}
         adds = list(fresh.values())
         adds += [(b, e.subdir, e.name, e.size, e.letters) for b, e in live.items() if e.uid is None]
-        new_rows = self._stat_adds(adds)
+        new_rows, raced = stat_new_files(str(fi.directory), adds, fi._keywords)
+        self.raced |= raced
         # By column from here: inserted and remembered by zip(), in C, not row by row.
         columns = list(zip(*new_rows, strict=True)) or [()] * 8
         _, names, subdirs, bases, sizes, dates, bits, kws = columns
@@ -365,49 +365,6 @@ class _Pass:
                 prev._replace(flags=bits, keywords=text, subdir=entry.subdir, name=entry.name)
             )
         return updates, flag_changes
-
-    def _stat_adds(self, adds: list[tuple]) -> list[tuple]:
-        """stat() new files (base, subdir, name, size or None, letters): the internal date is
-        the mtime, as in Dovecot.  Returns rows (mtime_ns, name, subdir, base, size, internal
-        date, flag bits, keywords) in the order of their UIDs to be.  Per file, only what a
-        first sync of 100,000 messages can afford: one stat and one tuple."""
-        rows = []
-        by_letters: dict[str, tuple[int, str]] = {}  # few distinct, so computed once each
-        names_of = self.fi._keywords.names_of
-        directory = str(self.fi.directory)
-        stat_, is_file = os.stat, stat.S_ISREG
-        # stat() by name in the open directory: the kernel does not walk the whole path
-        # again for each file (an eighth of the stat time).
-        dir_fds: dict[str, int] = {}
-        try:
-            for base, subdir, name, size, letters in adds:
-                try:
-                    fd = dir_fds.get(subdir)
-                    if fd is None:
-                        fd = dir_fds[subdir] = os.open(f"{directory}/{subdir}", _DIR_FLAGS)
-                    st = stat_(name, dir_fd=fd)
-                except FileNotFoundError:
-                    self.raced = True
-                    continue
-                if not is_file(st.st_mode):
-                    continue
-                flags = by_letters.get(letters)
-                if flags is None:
-                    flags = (bits_of_letters(letters), join_keywords(names_of(letters)))
-                    by_letters[letters] = flags
-                # RFC822.SIZE: ,W= is the size with CRLF line ends, which is what IMAP
-                # serves; our own files have ,W= = ,S= = the file size.
-                if size is None:
-                    size = st.st_size
-                date = int(st.st_mtime)
-                rows.append((st.st_mtime_ns, name, subdir, base, size, date, flags[0], flags[1]))
-        finally:
-            for fd in dir_fds.values():
-                os.close(fd)
-        # UIDs in delivery order: a file's mtime is when it was delivered.  Names are
-        # unique, so the tuples compare by (mtime, name) alone.
-        rows.sort()
-        return rows
 
     def _assign_uids(self, bases: list[str]) -> list[int]:
         row, known = self.row, self.known

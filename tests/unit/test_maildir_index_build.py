@@ -139,7 +139,7 @@ def test_twins_found_together_each_get_a_name_and_uid(root):
 
 
 def _stat_that(monkeypatch, act):
-    """Make index_sync's os.stat run ``act(file name)`` just before stat()ing a file (by path
+    """Make index_adds's os.stat run ``act(file name)`` just before stat()ing a file (by path
     or by name in a directory): another program at work between the listing and the stat."""
     real = os.stat
 
@@ -147,7 +147,7 @@ def _stat_that(monkeypatch, act):
         act(os.path.basename(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr("maildir.index_sync.os.stat", stat)
+    monkeypatch.setattr("maildir.index_adds.os.stat", stat)
 
 
 def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
