@@ -15,10 +15,9 @@ Messages are stored byte-exact as received with CRLF line ends, so ``,W=`` (the 
 size, counted with CRLF) equals ``,S=`` (the file size).  Dovecot and the IMAP layer take
 RFC822.SIZE from ``,W=`` without opening the file.  The caller must pass CRLF data.
 
-Thread safety: there is no shared state beyond the unique-name counter and the directory
-fsyncs (``NEW_DIR_SYNC``), and each file is created with O_EXCL, so several threads may deliver
-at once (the server does, so that the fsyncs of different transactions overlap, and the
-deliveries into one ``new/`` at the same time share its fsync).
+Thread safety: there is no shared state beyond the unique-name counter, and each file is
+created with O_EXCL, so several threads may deliver at once (the server does, so that the
+fsyncs of different transactions overlap).
 """
 
 from __future__ import annotations
@@ -30,18 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maildir.naming import new_unique_name
-from maildir.safeio import SharedDirSync, fsync_dir, unlink_quiet, write_all
+from maildir.safeio import fsync_dir, unlink_quiet, write_all
 
 # maildir.html: "A delivery program ... should delete a file in tmp that has not been
 # accessed in 36 hours" -- a crashed writer's leftovers.
 TMP_MAX_AGE = 36 * 3600
 
 FILE_MODE = 0o600
-
-# The fsyncs of new/ directories, shared by deliveries that rename into the same one at the
-# same time (a group commit: see SharedDirSync). Each delivery still returns only once its own
-# file and its own rename are on disk.
-NEW_DIR_SYNC = SharedDirSync()
 
 # O_EXCL makes a name collision an error instead of an overwrite.  With 64 random bits in
 # every name a collision means something odd (a clock jump plus bad luck); try a new name.
@@ -148,11 +142,11 @@ def deliver(deliveries: Sequence[Delivery], hostname: str | None = None) -> list
             target = item.folder / "new" / f"{item.unique},S={item.size},W={item.size}"
             os.rename(item.tmp_path, target)
             final.append(target)
-        # One fsync per distinct new/ makes every rename above durable (shared with other
-        # deliveries to the same new/ at the moment); only now may the SMTP layer answer 250.
+        # One fsync per distinct new/ makes every rename above durable; only now may the
+        # SMTP layer answer 250.
         for new_dir in dict.fromkeys(path.parent for path in final):
             current = new_dir.parent
-            NEW_DIR_SYNC.sync(new_dir)
+            fsync_dir(new_dir)
     except BaseException as exc:
         for path in final:
             unlink_quiet(path)

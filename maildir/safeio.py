@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -35,74 +34,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _Round:
-    """One fsync of a directory and the callers it answers for."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.error: BaseException | None = None
-
-
-class SharedDirSync:
-    """``fsync_dir`` for many threads at once, shared where that is safe (a group commit).
-
-    Callers that ask while an fsync of the same directory is under way wait for it to end and
-    then share the next one: each round covers every change its callers made before asking,
-    because it starts after all of them asked. N deliveries renamed into ``new/`` at the same
-    time cost two directory fsyncs instead of N, and none returns before its own rename is on
-    disk. A failed round raises in every caller it was for (an OSError each); later rounds
-    do not clear it, so a caller never learns of success from an fsync that began before
-    its change.
-    """
-
-    def __init__(self, fsync: Callable[[Path], None] | None = None):
-        self._fsync = fsync  # None: this module's fsync_dir, looked up when called
-        self._lock = threading.Lock()
-        self._dirs: dict[Path, _DirState] = {}
-
-    def sync(self, path: Path) -> None:
-        with self._lock:
-            state = self._dirs.get(path)
-            if state is None:
-                state = self._dirs[path] = _DirState()
-        state.sync(lambda: (self._fsync or fsync_dir)(path))
-
-
-class _DirState:
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.running = False
-        self.next = _Round()  # the round that callers asking now will share
-
-    def sync(self, fsync: Callable[[], None]) -> None:
-        with self.cond:
-            mine = self.next
-            while not mine.done and self.running:
-                self.cond.wait()
-            if not mine.done:  # nobody is syncing: this caller runs the round
-                self.running = True
-                self.next = _Round()  # who asks from now on needs a later fsync
-        if mine.done:
-            if mine.error is not None:
-                error = mine.error
-                raise OSError(getattr(error, "errno", None),
-                              f"fsync of the directory failed: {error}") from error
-            return
-        error = None
-        try:
-            fsync()
-        except BaseException as exc:  # KeyboardInterrupt too: the others must not wait forever
-            error = exc
-        with self.cond:
-            mine.done, mine.error = True, error
-            self.running = False
-            self.cond.notify_all()
-        if error is not None:
-            raise error
 
 
 def fsync_dirs(paths: Iterable[Path]) -> None:

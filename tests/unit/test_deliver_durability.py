@@ -1,0 +1,79 @@
+"""The order that makes a delivery durable before the 250: the file's fsync, then its rename
+into new/, then new/'s fsync (Postfix's pattern plus the directory); a failed fsync of new/
+leaves nothing and answers 451 to every transaction that waited on it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import os
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from maildir import Delivery, create_maildir, deliver
+from server.smtp import replies
+from server.smtp.commit import commit_or_reply
+from server.smtp.replies import SMTPError
+
+# The module (the package's ``deliver`` attribute is the function of that name).
+deliver_mod = importlib.import_module("maildir.deliver")
+
+BODY = b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_file_fsync_then_rename_then_directory_fsync(tmp_path, monkeypatch):
+    boxes = [tmp_path / "a", tmp_path / "b"]
+    for box in boxes:
+        create_maildir(box)
+    events = []
+    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, deliver_mod.fsync_dir
+
+    def fsync(fd):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):  # new/ itself: seen as fsync_dir
+            events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).parent.parent.name))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", Path(dst).parent.parent.name))
+        real_rename(src, dst)
+
+    def fsync_dir(path):
+        events.append(("fsync new/", Path(path).parent.name))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(deliver_mod, "fsync_dir", fsync_dir)
+    deliver([Delivery(box, (BODY,)) for box in boxes])
+    # Every copy's data is on disk before any rename (all or nothing), and every rename
+    # before the directories' fsyncs that make them durable.
+    assert events == [("fsync", "a"), ("fsync", "b"), ("rename", "a"), ("rename", "b"),
+                      ("fsync new/", "a"), ("fsync new/", "b")]
+
+
+def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monkeypatch):
+    """Transactions whose renames a failing fsync of new/ was to make durable each answer
+    451 (the sender retries) and leave nothing behind."""
+    root = tmp_path / "box"
+    create_maildir(root)
+    all_renamed = threading.Barrier(6, timeout=10)
+
+    def failing_fsync_dir(path):
+        all_renamed.wait()  # every transaction is waiting on new/ at the same time
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(deliver_mod, "fsync_dir", failing_fsync_dir)
+
+    async def transactions():
+        with ThreadPoolExecutor(6) as pool:
+            return await asyncio.gather(*(
+                commit_or_reply(pool, [Delivery(root, (BODY,))], [None], None, None,
+                                "mx.example.test", "c", f"c.{i}") for i in range(6)),
+                return_exceptions=True)
+
+    results = asyncio.run(transactions())
+    assert all(isinstance(r, SMTPError) and r.reply == replies.LOCAL_ERROR for r in results)
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
