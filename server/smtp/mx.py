@@ -19,6 +19,7 @@ import logging
 import re
 
 from maildir import create_folder
+from server import accounts as acc
 from server.addresses import AddressError
 from server.inbound import arc, authresults
 from server.inbound.verdict import Verdict, evaluate
@@ -62,9 +63,10 @@ class MXHandler(BaseHandler):
         addr = self.parse_recipient(address)
         if addr.is_literal or _RELAY_CHARS & set(addr.local):
             self._refuse(server, address, "relay trick")
-        if not self.accounts.is_local_domain(addr.domain):
+        try:  # says NotLocal itself: no separate lookup of the domain first
+            resolution = self.resolve_local(server, addr)
+        except acc.NotLocal:
             self._refuse(server, address, "not a local domain")
-        resolution = self.resolve_local(server, addr)
         declared = declared_size(envelope.mail_options)
         for user in resolution.mailboxes:
             await self.check_quota(user, declared)
