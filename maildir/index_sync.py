@@ -324,7 +324,7 @@ class _Pass:
                 repeat(row.id), uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs,
                 names, strict=False,
             )
-            sql.insert_rows(conn, added)
+            sql.insert_rows(conn, added, len(uids))
             sql.update_files(conn, row.id, updates)
             if expunged:
                 sql.delete_messages(conn, row.id, expunged, modseq)

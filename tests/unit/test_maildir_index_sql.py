@@ -4,6 +4,7 @@ per connection)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,3 +74,57 @@ def test_connections_are_pooled_per_index_not_kept_per_thread(tmp_path):
         assert len(index._conns) <= IDLE_CONNECTIONS
     with pytest.raises(RuntimeError):  # a connection only exists inside a call
         MailboxIndex(tmp_path)._conn()
+
+
+def _bulk_db(tmp_path):
+    path = tmp_path / sql.DB_NAME
+    sql.prepare(path)
+    conn = sql.connect(path)
+    with sql.write_txn(conn):
+        sql.create_folder(conn, "INBOX", 1, 1, 0)
+        sql.create_folder(conn, "Sent", 2, 1, 0)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    return conn, statements
+
+
+def _rows(folder: int, n: int, start: int = 1) -> list[tuple]:
+    return [
+        (folder, uid, 5, uid % 2, "", 100 + uid, 1700000000 + uid, f"b{uid}", "cur", f"b{uid}:2,")
+        for uid in range(start, start + n)
+    ]
+
+
+def _schema(conn) -> list[tuple]:
+    return conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_a_bulk_insert_into_an_empty_table_builds_the_same_indexes_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(sql, "BULK_ROWS", 10)
+    conn, statements = _bulk_db(tmp_path)
+    before = _schema(conn)
+    with sql.write_txn(conn):
+        sql.insert_rows(conn, iter(_rows(1, 50)), 50)
+    assert any(s.startswith("DROP INDEX") for s in statements)
+    assert _schema(conn) == before
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    unseen = "SELECT uid FROM messages WHERE folder = 1 AND flags & 1 = 0 ORDER BY uid"
+    assert [uid for (uid,) in conn.execute(unseen)] == list(range(2, 51, 2))
+    # Rows there now: the next big insert goes into the indexes as they are.
+    statements.clear()
+    with sql.write_txn(conn):
+        sql.insert_rows(conn, _rows(2, 50), 50)
+    assert not any(s.startswith("DROP INDEX") for s in statements)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_failed_bulk_insert_leaves_table_and_indexes_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.setattr(sql, "BULK_ROWS", 10)
+    conn, _ = _bulk_db(tmp_path)
+    before = _schema(conn)
+    rows = _rows(1, 50)
+    rows.append((1, 51, *rows[0][2:]))  # a second UID for base b1: the unique index refuses
+    with pytest.raises(sqlite3.IntegrityError), sql.write_txn(conn):
+        sql.insert_rows(conn, rows, len(rows))
+    assert _schema(conn) == before
+    assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
