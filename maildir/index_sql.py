@@ -296,13 +296,17 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple], count: int = 0)
     it all back.  Not with rows there already: rebuilding would cost theirs too.
     """
     rebuild = count >= BULK_ROWS and conn.execute(_ANY_MESSAGE).fetchone() is None
-    indexes = conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []
-    for name, _ in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
+    dropped = []
+    try:
+        for name, statement in conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []:
+            conn.execute(f'DROP INDEX "{name}"')
+            dropped.append(statement)
+    except sqlite3.OperationalError:
+        pass  # "table is locked": a query of this connection is still reading; insert as is
     conn.executemany(
         f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
     )
-    for _, statement in indexes:
+    for statement in dropped:
         conn.execute(statement)
 
 

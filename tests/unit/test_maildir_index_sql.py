@@ -128,3 +128,17 @@ def test_a_failed_bulk_insert_leaves_table_and_indexes_as_they_were(tmp_path, mo
         sql.insert_rows(conn, rows, len(rows))
     assert _schema(conn) == before
     assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+
+
+def test_a_bulk_insert_while_the_connection_is_reading_keeps_the_indexes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sql, "BULK_ROWS", 10)
+    conn, _ = _bulk_db(tmp_path)
+    before = _schema(conn)
+    with sql.write_txn(conn):
+        reading = conn.execute("SELECT id FROM folders")
+        reading.fetchone()  # one of two rows: the statement is still active
+        sql.insert_rows(conn, _rows(1, 50), 50)  # DROP INDEX refused: inserted as it is
+        reading.close()
+    assert _schema(conn) == before
+    assert conn.execute("SELECT count(*) FROM messages").fetchone() == (50,)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
