@@ -1,12 +1,13 @@
-"""New message files found by a sync, made into index rows: the costly part of a first sync.
+"""New message files found by a sync, moved out of new/ and made into index rows: the
+costly part of a first sync.
 
-A first sync of a big folder meets every file at once (100,000 in a minute-old mailbox
-someone migrated), and does per file what ``stat_new_files`` does: one stat() for the
-internal date (the file's mtime, as Dovecot takes it) and the size when the name lacks
-,W= and ,S=, and one tuple.  Flags and keywords come from a name's letters, which few
-distinct strings share, so they are worked out once per string.  Everything per message
-that can be done by C over whole columns (the insert, the in-memory file list) is done so
-by index_sync, from the rows this returns.
+A first sync of a big folder meets every file at once (100,000 in a mailbox migrated or
+delivered to before its first login), and does per file what these do: in new/, one
+rename to cur/; then one stat() for the internal date (the file's mtime, as Dovecot takes
+it) and for the size when the name lacks ,W= and ,S=, and one tuple.  Flags, keywords and
+infos come from a name's letters, which few distinct strings share, so they are worked out
+once per string.  Everything per message that C can do over whole columns (the insert, the
+in-memory file list) index_sync does so, from the rows ``stat_new_files`` returns.
 """
 
 from __future__ import annotations
@@ -14,9 +15,40 @@ from __future__ import annotations
 import os
 import stat
 
+from maildir.index_state import info_name
 from maildir.keywords import KeywordMap, bits_of_letters, join_keywords
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def move_fresh_to_cur(directory: str, fresh: dict[str, tuple], bases: list[str]) -> tuple:
+    """Move the new/ files of ``fresh`` (base -> ``(base, subdir, name, size, letters)``)
+    with these ``bases`` to cur/, with an empty info, as Dovecot does when it syncs; their
+    entries follow.  Returns ``(moved any, raced)``: ``raced`` if one was gone (moved or
+    deleted since the listing: the next pass finds it), and then it is left out."""
+    moved = raced = False
+    new, cur = f"{directory}/new/", f"{directory}/cur/"
+    infos: dict[str, str] = {}  # letters -> the info of a name with them
+    for base in bases:
+        entry = fresh.get(base)
+        if entry is None or entry[1] != "new":
+            continue  # it met a twin, which made it a rename's business
+        _, _, name, size, letters = entry
+        info = infos.get(letters)
+        if info is None:
+            info = infos[letters] = info_name("", letters)
+        target = name.partition(":")[0] + info
+        try:
+            os.rename(new + name, cur + target)
+        except FileNotFoundError:
+            raced = True
+            del fresh[base]
+            continue
+        except PermissionError:
+            continue  # a read-only folder: index the message where it is
+        fresh[base] = (base, "cur", target, size, letters)
+        moved = True
+    return moved, raced
 
 
 def stat_new_files(directory: str, adds: list[tuple], keywords: KeywordMap) -> tuple[list, bool]:

@@ -29,7 +29,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
-from maildir.index_adds import stat_new_files
+from maildir.index_adds import move_fresh_to_cur, stat_new_files
 from maildir.index_state import KnownFiles, info_name, letters_of_info, split_name, usual_name
 from maildir.keywords import bits_of_letters, join_keywords, split_keywords
 from maildir.naming import new_unique_name
@@ -157,6 +157,7 @@ class _Pass:
         self.known = fi._known_files(conn, row)
         self.raced = False
         self.listed: dict[str, list[str]] = {}
+        self.fresh_in_new: list[str] = []  # bases of the ``fresh`` files met in new/
 
     def _list(self, subdir: str) -> None:
         names = os.listdir(self.fi.directory / subdir)
@@ -177,7 +178,7 @@ class _Pass:
             for name in names:
                 gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
         found, fresh = self._match(appeared, gone)
-        touched_cur = self._move_new_to_cur(found)
+        touched_cur = self._move_new_to_cur(found, fresh)
         self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
         return self.raced
 
@@ -195,7 +196,7 @@ class _Pass:
         """Pair appeared names with known messages by base: renames; the rest are new.
 
         Returns ``found``, the renames and the files that need care, and ``fresh``, the
-        plain new files of cur/: base -> ``(base, subdir, name, size, letters)``, as
+        plain new files: base -> ``(base, subdir, name, size, letters)``, as
         ``stat_new_files`` takes them.  In a first sync that is every file, so they are kept
         as plain tuples, from one regex match each.
         """
@@ -203,14 +204,16 @@ class _Pass:
         fresh: dict[str, tuple] = {}
         known_bases = self.known.bases
         for subdir, names in appeared.items():
-            cur = subdir == "cur"  # new/ files are moved: they need a _Found
+            in_new = self.fresh_in_new if subdir == "new" else None
             for name in names:
-                match = usual_name(name) if cur else None
+                match = usual_name(name)
                 if match is not None:
                     base, size, vsize, info = match.groups()
                     if not (base in gone or base in found or base in fresh or base in known_bases):
                         size = int(vsize) if vsize else int(size) if size else None
                         fresh[base] = (base, subdir, name, size, letters_of_info(info))
+                        if in_new is not None:
+                            in_new.append(base)
                         continue
                 self._match_one(subdir, name, gone, found, fresh)
         return found, fresh
@@ -250,10 +253,12 @@ class _Pass:
         entry.name = unique
         found[split_name(unique)[0]] = entry
 
-    def _move_new_to_cur(self, found: dict[str, _Found]) -> bool:
+    def _move_new_to_cur(self, found: dict[str, _Found], fresh: dict[str, tuple]) -> bool:
         """Dovecot moves what it finds in new/ to cur/ when it syncs; so do we."""
-        moved = False
-        new, cur = f"{self.fi.directory}/new/", f"{self.fi.directory}/cur/"
+        directory = str(self.fi.directory)
+        moved, raced = move_fresh_to_cur(directory, fresh, self.fresh_in_new)
+        self.raced |= raced
+        new, cur = f"{directory}/new/", f"{directory}/cur/"
         for entry in found.values():
             if entry.subdir != "new":
                 continue

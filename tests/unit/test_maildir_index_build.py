@@ -227,3 +227,54 @@ def test_usual_names_are_taken(name):
 )
 def test_unusual_names_are_left_to_parse_name(name):
     assert usual_name(name) is None
+
+
+_RENAME = os.rename  # the real one, for what other programs do while it is patched
+
+
+def _rename_that(monkeypatch, act):
+    """Make os.rename (index_sync's and index_adds') run ``act(source path)`` first."""
+
+    def rename(src, dst, *args, **kwargs):
+        act(str(src))
+        return _RENAME(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr("maildir.index_sync.os.rename", rename)
+
+
+def test_new_files_another_reader_moves_first_are_found_in_cur(root, monkeypatch):
+    fill(root, 90)
+    in_new = sorted(os.listdir(root / "new"))
+    victims = {in_new[0], in_new[-1]}  # whatever their name's shape
+
+    def move_first(src):
+        name = os.path.basename(src)
+        if os.path.basename(os.path.dirname(src)) == "new" and name in victims:
+            _RENAME(src, root / "cur" / (name + ":2,S"))  # another reader, a moment before
+
+    _rename_that(monkeypatch, move_first)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 90
+    assert os.listdir(root / "new") == []
+    *others, second_last, last = stored(root)
+    assert {second_last[-1], last[-1]} == {name + ":2,S" for name in victims}
+    expected = [row[1:] for row in oracle(root) if row[-1] not in (second_last[-1], last[-1])]
+    assert [row[1:] for row in others] == expected
+    assert [row[0] for row in others] == list(range(1, 89))
+
+
+def test_a_new_dir_we_cannot_move_from_is_indexed_where_it_is(root, monkeypatch):
+    fill(root, 45)
+    in_new = set(os.listdir(root / "new"))
+
+    def refuse(src):
+        if os.path.basename(os.path.dirname(src)) == "new":
+            raise PermissionError(src)
+
+    _rename_that(monkeypatch, refuse)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 45
+        in_index = {p.name for p in map(inbox.path, inbox.uids()) if p.parent.name == "new"}
+    assert in_index == in_new == set(os.listdir(root / "new"))
