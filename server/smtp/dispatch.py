@@ -28,7 +28,7 @@ import time
 from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen
 from server.smtp import replies
-from server.smtp.listener import SMTPListener, refuse_socket
+from server.smtp.listener import SMTPListener, greeting, refuse_socket
 from server.smtp.protocol import new_conn_id
 
 log = logging.getLogger("mailstead.smtp")
@@ -259,7 +259,7 @@ class MXDispatcher:
     def _dispatch(self, conn: socket.socket, ip: str) -> None:
         conn.setblocking(False)
         conn_id = new_conn_id()
-        if len(self.slots) + len(self.local.connections) >= self.config.smtp.max_connections:
+        if len(self.slots) >= self.config.smtp.max_connections:  # workers' and local ones
             log.warning("%s: connection limit reached, refusing %s", self.name, ip)
             refuse_socket(conn, replies.TOO_MANY_CONNECTIONS)
             return
@@ -271,17 +271,30 @@ class MXDispatcher:
                 refuse_socket(conn, {BANNED: replies.BANNED, RATE: replies.CONNECTION_RATE}.get(
                     refusal.reason, replies.TOO_MANY_CONNECTIONS))
                 return
+        # The greeting goes out now, not after the hop to a worker: the client's EHLO is on
+        # its way while the worker takes the connection over (a few 40-byte writes into an
+        # empty socket buffer: never blocks, never short).
+        try:
+            conn.send(greeting(self.config.server.hostname))
+        except OSError:  # gone already
+            conn.close()
+            slot.release()
+            return
         # Fewest open connections first; among equals, take turns.
         self.turn = (self.turn + 1) % len(self.workers)
         n = len(self.workers)
         for worker in sorted((w for w in self.workers if w.ready),
                              key=lambda w: (len(w.open), (w.index - self.turn) % n)):
-            if worker.tell({"op": "conn", "id": conn_id}, [conn.fileno()]):
+            if worker.tell({"op": "conn", "id": conn_id, "greeted": True}, [conn.fileno()]):
                 worker.open.add(conn_id)
                 self.slots[conn_id] = slot
                 conn.close()  # the worker has its own descriptor now
                 return
-        asyncio.ensure_future(self.local.adopt(conn, conn_id, slot))
+        # Counted from now, as a worker's are: the client, greeted, may open its next
+        # connection before this one is in the local listener's registry.
+        self.slots[conn_id] = slot
+        asyncio.ensure_future(self.local.adopt(conn, conn_id, _LocalSlot(self, conn_id),
+                                               greeted=True))
 
     def message(self, worker: Worker, message: dict) -> None:
         op = message.get("op")
@@ -340,3 +353,15 @@ class MXDispatcher:
 class _NoSlot:
     def release(self) -> None:
         pass
+
+
+class _LocalSlot:
+    """The slot of a connection the daemon serves itself: given back (once) when it ends."""
+
+    def __init__(self, dispatcher: MXDispatcher, conn_id: str):
+        self.dispatcher, self.conn_id = dispatcher, conn_id
+
+    def release(self) -> None:
+        slot = self.dispatcher.slots.pop(self.conn_id, None)
+        if slot is not None:
+            slot.release()

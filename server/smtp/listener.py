@@ -19,6 +19,11 @@ log = logging.getLogger("mailstead.smtp")
 IDENT = "ESMTP mailstead"
 
 
+def greeting(hostname: str) -> bytes:
+    """The 220 that opens a session, as the protocol would write it (aiosmtpd's format)."""
+    return f"220 {hostname} {IDENT}\r\n".encode()
+
+
 class SMTPListener:
     def __init__(self, name: str, listen: Listen, handler, config: Config,
                  tls_context: ssl.SSLContext, *, submission: bool = False,
@@ -78,9 +83,10 @@ class SMTPListener:
             ssl_handshake_timeout=30 if self.implicit_tls else None)
         log.info("%s listening on %s", self.name, self.listen)
 
-    async def adopt(self, sock: socket.socket, conn_id: str, slot) -> None:
+    async def adopt(self, sock: socket.socket, conn_id: str, slot, greeted: bool = False) -> None:
         """Serve a connection accepted and admitted elsewhere (``dispatch.MXDispatcher``):
-        ``slot.release()`` is called when it ends, ``conn_id`` names it in the logs."""
+        ``slot.release()`` is called when it ends, ``conn_id`` names it in the logs;
+        ``greeted``: the 220 was sent already (``greeting``), the session goes on from there."""
         if len(self.connections) >= self.config.smtp.max_connections:
             refuse_socket(sock, replies.TOO_MANY_CONNECTIONS)
             slot.release()
@@ -89,6 +95,7 @@ class SMTPListener:
         def protocol() -> SMTPProtocol:
             smtp = self._smtp(slot)
             smtp.conn_id = conn_id
+            smtp.greeted_elsewhere = greeted
             return smtp
         try:
             await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)

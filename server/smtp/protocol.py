@@ -142,6 +142,7 @@ class SMTPProtocol(SMTP):
         self.reverse_name_task: asyncio.Future | None = None
         self.delivering = False  # the handler is writing a message: shutdown waits for it
         self._greeted = False
+        self.greeted_elsewhere = False  # the dispatcher sent the 220 (listener.greeting)
         self._in_helo = False
         self._in_mail = False
         self._close_after_transaction = False
@@ -214,6 +215,9 @@ class SMTPProtocol(SMTP):
     # --- replies ---
 
     async def push(self, status: str | bytes) -> None:
+        if not self._greeted and self.greeted_elsewhere:
+            self._greeted = True  # aiosmtpd's greeting: the client has it already
+            return
         if isinstance(status, bytes):
             status = status.decode("utf-8", "surrogateescape")
         if self._greeted and not self._in_helo:

@@ -42,8 +42,9 @@ from server.config import Config, ConfigError, load_config
 from server.malloctune import tune_malloc
 from server.queue.spool import Spool
 from server.runner import load_tls, setup_logging, tune_tls_buffers
+from server.smtp import replies
 from server.smtp.dispatch import MAX_PACKET, Outbox
-from server.smtp.listener import SMTPListener
+from server.smtp.listener import SMTPListener, refuse_socket
 from server.smtp.mx import MXHandler
 from server.spam import SpamFilter
 from server.tlscert import reload_certificate
@@ -152,11 +153,12 @@ class WorkerProcess:
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
             conn_id = str(message["id"])
-            if self.closing:
-                sock.close()
+            if self.closing:  # stopping: the client may have its 220 already, so say why
+                refuse_socket(sock, replies.SHUTTING_DOWN)
                 _RemoteSlot(self, conn_id).release()
                 return
-            asyncio.ensure_future(self.listener.adopt(sock, conn_id, _RemoteSlot(self, conn_id)))
+            asyncio.ensure_future(self.listener.adopt(sock, conn_id, _RemoteSlot(self, conn_id),
+                                                      greeted=bool(message.get("greeted"))))
         elif op == "reload":
             self.reload()
         elif op == "tls":

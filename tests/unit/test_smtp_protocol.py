@@ -54,7 +54,8 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
         plain = Plain(handler, **_kwargs(loop, ctx, submission))
         skip = {"_stream_reader_wr", "_stream_reader", "_strong_reader", "conn_id", "errors",
                 "transactions", "max_errors", "auth_enabled", "registry", "reverse_name_task",
-                "delivering", "_greeted", "_in_helo", "_in_mail", "_close_after_transaction",
+                "delivering", "_greeted", "greeted_elsewhere", "_in_helo", "_in_mail",
+                "_close_after_transaction",
                 "command_size_limits", "_last_data", "_closed", "_client_connected_cb",
                 "_source_traceback", "_loop", "_over_ssl", "_task"}
         fast_attrs = {k: v for k, v in vars(fast).items() if k not in skip}
