@@ -194,11 +194,13 @@ class MessageCommands:
                 return
         gone = False
         start = 0
+        ahead: dict = {}
         while start < len(targets):
             batch = targets[start:start + BATCH]
+            upcoming = [u for _, u in targets[start + BATCH:start + 2 * BATCH]]
             lines, missing, done, infos = await self.io(
                 self._fetch_batch, batch, items, args.changedsince, seen, infos,
-                targets if want_infos and infos is None else None)
+                targets if want_infos and infos is None else None, ahead, upcoming)
             start += done
             gone = gone or missing
             if lines:
@@ -206,12 +208,13 @@ class MessageCommands:
         if gone:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
-    def _fetch_batch(self, batch, items, changedsince, seen, infos,
-                     info_targets) -> tuple[list[bytes], bool, int, dict | None]:
+    def _fetch_batch(self, batch, items, changedsince, seen, infos, info_targets,
+                     ahead=None, upcoming=()) -> tuple[list[bytes], bool, int, dict | None]:
         """Runs in a worker thread (a few small messages: on the event loop): cache, file
         reads, MIME. ``infos`` is None when only
         flags and UIDs are asked for: the session's view has those; ``info_targets``: read
-        the index rows of these first (the first batch), and hand them back for the rest."""
+        the index rows of these first (the first batch), and hand them back for the rest;
+        ``ahead`` and ``upcoming``: see ``_pooled``."""
         sel = self.selected
         folder = sel.folder
         if info_targets is not None:
@@ -226,20 +229,8 @@ class MessageCommands:
         paths = None
         lines, missing, done, size = [], False, 0, 0
         pool = self.ctx.parse_pool
-        if kinds and not wants_file and pool is not None:
-            # Many to compute (a first sync): in the helper processes, all at once.
-            for kind in kinds:
-                todo = [u for u in uids if u not in cache[kind]]
-                if len(todo) < parsepool.MIN_BATCH:
-                    continue
-                if paths is None:
-                    paths = folder.paths(uids)
-                todo = [u for u in todo if u in paths]
-                values = pool.compute(kind, [paths[u] for u in todo])
-                for uid, value in zip(todo, values or (), strict=False):
-                    if value is not None:
-                        cache[kind][uid] = value
-                        new_cache[kind].append((uid, value))
+        if kinds and not wants_file and pool is not None and ahead is not None:
+            _pooled(folder, pool, kinds, uids, cache, new_cache, ahead, upcoming)
         for seq, uid in batch:
             if size > BATCH_BYTES:
                 break
@@ -443,6 +434,39 @@ def _read(folder, uid: int, path: str | None, header_only: bool) -> bytes:
         except FileNotFoundError:
             pass
     return folder.read(uid)
+
+
+def _pooled(folder, pool, kinds, uids, cache, new_cache, ahead: dict, upcoming) -> None:
+    """Values of ``kinds`` for this batch's ``uids`` from the parse helpers: those the
+    previous batch asked for (``ahead``), the rest now if there are many; then ask for the
+    next batch's (``upcoming``), so that the helpers parse while this batch is rendered and
+    written.  What they cannot give, the caller computes itself."""
+    for kind in kinds:
+        got: dict[int, bytes | None] = {}
+        prior = ahead.pop(kind, None)
+        if prior is not None:
+            asked, pending = prior
+            got = dict(zip(asked, pending.result() or (), strict=False))
+        todo = [u for u in uids if u not in cache[kind] and got.get(u) is None]
+        if len(todo) >= parsepool.MIN_BATCH:
+            paths = folder.paths(todo)
+            todo = [u for u in todo if u in paths]
+            got.update(zip(todo, pool.compute(kind, [paths[u] for u in todo]) or (),
+                           strict=False))
+        for uid in uids:
+            value = got.get(uid)
+            if value is not None and uid not in cache[kind]:
+                cache[kind][uid] = value
+                new_cache[kind].append((uid, value))
+        if len(upcoming) >= parsepool.MIN_BATCH:
+            have = folder.get_cached_many(upcoming, kind)
+            todo = [u for u in upcoming if u not in have]
+            if len(todo) >= parsepool.MIN_BATCH:
+                paths = folder.paths(todo)
+                todo = [u for u in todo if u in paths]
+                pending = pool.submit(kind, [paths[u] for u in todo])
+                if pending is not None:
+                    ahead[kind] = (todo, pending)
 
 
 def _infos(folder, uids: list[int]) -> dict:

@@ -57,47 +57,55 @@ class ParsePool:
     def compute(self, kind: str, paths: list[str]) -> list[bytes | None] | None:
         """``compute`` for ``paths``, split over the processes; blocks (call it from a
         worker thread).  None when the pool cannot help: the caller computes them."""
+        pending = self.submit(kind, paths)
+        return None if pending is None else pending.result()
+
+    def submit(self, kind: str, paths: list[str]) -> Pending | None:
+        """Start ``compute`` for ``paths``, split over the processes, and return at once:
+        a FETCH asks for the next batch's values before it renders this one's, so the
+        helpers parse while the daemon writes.  None when the pool cannot help."""
         if self.workers <= 0 or len(paths) < MIN_BATCH:
             return None
-        pool = self._acquire()
-        if pool is None:
-            return None
-        try:
+        with self._lock:
+            pool = self._acquire()
+            if pool is None:
+                return None
             size = -(-len(paths) // self.workers)
-            futures = [pool.submit(compute, kind, paths[i:i + size])
-                       for i in range(0, len(paths), size)]
-            out: list[bytes | None] = []
-            for future in futures:
-                out.extend(future.result())
-            return out
-        except Exception as err:  # noqa: BLE001 -- the caller's own path answers instead
-            log.warning("parse helpers failed (%s: %s); parsing in the daemon",
-                        type(err).__name__, err)
-            self._discard(pool)
-            return None
-        finally:
-            with self._lock:
-                self._busy -= 1
-                self._last_use = time.monotonic()
+            try:
+                futures = [pool.submit(compute, kind, paths[i:i + size])
+                           for i in range(0, len(paths), size)]
+            except Exception as err:  # noqa: BLE001 -- a broken pool: the caller computes
+                self._failed(pool, err)
+                return None
+            self._busy += len(futures)
+        for future in futures:
+            future.add_done_callback(self._done)
+        return Pending(self, pool, futures)
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._last_use = time.monotonic()
+
+    def _failed(self, pool: ProcessPoolExecutor, err: BaseException) -> None:
+        log.warning("parse helpers failed (%s: %s); parsing in the daemon",
+                    type(err).__name__, err)
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def _acquire(self) -> ProcessPoolExecutor | None:
-        with self._lock:
-            if self._closed:
-                return None
-            if self._pool is None:
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["server.imap.parsepool", "server.imap.fetch"])
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-                threading.Thread(target=self._stop_when_idle, args=(self._pool,),
-                                 name="parse-pool-idle", daemon=True).start()
-            self._busy += 1
-            return self._pool
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+        """The running pool, started if need be (the caller holds the lock)."""
+        if self._closed:
+            return None
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["server.imap.parsepool", "server.imap.fetch"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._last_use = time.monotonic()
+            threading.Thread(target=self._stop_when_idle, args=(self._pool,),
+                             name="parse-pool-idle", daemon=True).start()
+        return self._pool
 
     def _stop_when_idle(self, pool: ProcessPoolExecutor) -> None:
         while True:
@@ -117,3 +125,23 @@ class ParsePool:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Pending:
+    """The values ``ParsePool.submit`` is computing."""
+
+    def __init__(self, owner: ParsePool, pool: ProcessPoolExecutor, futures) -> None:
+        self.owner, self.pool, self.futures = owner, pool, futures
+
+    def result(self) -> list[bytes | None] | None:
+        """The values, in the order of the paths; blocks.  None if the pool failed: the
+        caller computes them itself."""
+        out: list[bytes | None] = []
+        try:
+            for future in self.futures:
+                out.extend(future.result())
+        except Exception as err:  # noqa: BLE001 -- the caller's own path answers instead
+            with self.owner._lock:
+                self.owner._failed(self.pool, err)
+            return None
+        return out

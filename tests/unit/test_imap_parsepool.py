@@ -89,3 +89,31 @@ def test_stops_when_idle_and_after_close(paths):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_fetch_asks_for_the_next_batch_while_it_renders_this_one(tmp_path, pool):
+    from maildir import Delivery, create_maildir, deliver
+    from maildir.index import MailboxIndex
+    from server.imap.messages import _pooled
+
+    root = tmp_path / "u"
+    create_maildir(root, folders=())
+    n = 2 * parsepool.MIN_BATCH + 10
+    deliver([Delivery(root, [_message(i)]) for i in range(n)])
+    with MailboxIndex(root) as mi:
+        folder = mi.folder("INBOX")
+        uids = folder.uids()
+        first, second = uids[:n // 2], uids[n // 2:]
+        ahead: dict = {}
+        cache, new = {"envelope": {}}, {"envelope": []}
+        _pooled(folder, pool, {"envelope"}, first, cache, new, ahead, second)
+        assert set(cache["envelope"]) == set(first) and set(ahead) == {"envelope"}
+        asked, _ = ahead["envelope"]
+        assert asked == second  # the next batch is being parsed already
+        cache2, new2 = {"envelope": {}}, {"envelope": []}
+        _pooled(folder, pool, {"envelope"}, second, cache2, new2, ahead, [])
+        assert not ahead and set(cache2["envelope"]) == set(second)
+        for uid in second:
+            with open(folder.paths([uid])[uid], "rb") as f:
+                assert cache2["envelope"][uid] == fetch.compute_cached(
+                    "envelope", fetch.crlf(f.read()))
