@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 from server.authlimit import check_password
 from server.imap import responses
 from server.imap.encode import encode
+from server.imap.fetching import FetchCommands
 from server.imap.mailboxes import MailboxCommands
 from server.imap.messages import MessageCommands, out_of_space
 from server.imap.parser import Command
 from server.imap.responses import Bad, ImapError, No
+from server.imap.searching import SearchCommands
 
 log = logging.getLogger("mailstead.imap")
 
@@ -36,7 +38,7 @@ AUTHED_CAPABILITIES = [
 ]
 
 
-class Session(MailboxCommands, MessageCommands):
+class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
     # name -> states it is allowed in; the method is do_<name> (UID forms share it).
     STATES = {
         "CAPABILITY": ANY, "NOOP": ANY, "LOGOUT": ANY, "ID": ANY,

@@ -7,7 +7,7 @@ import os
 from maildir import Delivery, create_maildir, deliver
 from maildir.index import MailboxIndex
 from server.imap.fetch import HEADER_READ
-from server.imap.messages import _read
+from server.imap.fetching import _read
 
 HEADER = b"From: a@b.test\r\nSubject: hi\r\n\r\n"
 BODY = b"x" * 40000

@@ -94,7 +94,7 @@ def test_stops_when_idle_and_after_close(paths):
 def test_a_fetch_asks_for_the_next_batch_while_it_renders_this_one(tmp_path, pool):
     from maildir import Delivery, create_maildir, deliver
     from maildir.index import MailboxIndex
-    from server.imap.messages import _pooled
+    from server.imap.fetching import _pooled
 
     root = tmp_path / "u"
     create_maildir(root, folders=())

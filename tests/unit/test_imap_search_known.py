@@ -10,7 +10,7 @@ import pytest
 
 from maildir import Delivery, create_maildir, deliver
 from maildir.index import MailboxIndex
-from server.imap import messages
+from server.imap import searching
 from server.imap.parser import SearchKey
 from server.imap.selected import Selected
 
@@ -70,38 +70,38 @@ def uids(found) -> list[int]:
 
 @pytest.mark.parametrize("key", KEYS, ids=lambda k: repr(k)[:60])
 def test_stored_fields_answer_exactly_what_reading_the_files_answers(view, key):
-    from_files = uids(messages._search(view, key))  # also stores the fields it decoded
-    assert uids(messages._search(view, key)) == from_files
-    assert uids(messages._search(view, key)) == from_files
+    from_files = uids(searching._search(view, key))  # also stores the fields it decoded
+    assert uids(searching._search(view, key)) == from_files
+    assert uids(searching._search(view, key)) == from_files
 
 
 def test_the_set_path_is_taken_once_every_value_is_stored(view, monkeypatch):
     key = SearchKey("AND", (K("UNSEEN"), K("SUBJECT", "quarterly")))
-    assert messages._search_known(view, key) is None  # nothing stored yet
-    expected = uids(messages._search(view, key))
+    assert searching._search_known(view, key) is None  # nothing stored yet
+    expected = uids(searching._search(view, key))
     # Only the unseen messages' subjects were read (UNSEEN is tested first): still partial.
     assert len(view.folder.field_uids("subject")) == 40
-    assert messages._search_known(view, key) is None
-    messages._search(view, K("SUBJECT", "anything"))
+    assert searching._search_known(view, key) is None
+    searching._search(view, K("SUBJECT", "anything"))
     assert len(view.folder.field_uids("subject")) == 60
-    found = messages._search_known(view, key)
+    found = searching._search_known(view, key)
     assert found is not None and uids(found) == expected and expected
     assert [c.seq for c in found] == [view.seq_of(u) for u in expected]
 
 
 def test_a_new_message_without_a_stored_value_is_read_from_its_file(view, tmp_path):
     key = K("SUBJECT", "quarterly")
-    before = uids(messages._search(view, key))
+    before = uids(searching._search(view, key))
     deliver([Delivery(view.folder.directory, [b"Subject: quarterly late\r\n\r\nx\r\n"])])
     view.refresh()
-    assert messages._search_known(view, key) is None  # one value unknown: general path
-    after = uids(messages._search(view, key))
+    assert searching._search_known(view, key) is None  # one value unknown: general path
+    after = uids(searching._search(view, key))
     assert after == [*before, view.uids[-1]]
-    assert uids(messages._search_known(view, key)) == after
+    assert uids(searching._search_known(view, key)) == after
 
 
 def test_expunged_messages_lose_their_stored_values(view):
-    messages._search(view, K("SUBJECT", "x"))
+    searching._search(view, K("SUBJECT", "x"))
     assert 5 in view.folder.field_uids("subject")
     view.folder.expunge([5])
     assert 5 not in view.folder.field_uids("subject")
