@@ -1,7 +1,8 @@
 """Delivering messages into Maildir folders, all-or-nothing across several mailboxes.
 
 https://cr.yp.to/proto/maildir.html, "How a message is delivered": create a uniquely named
-file in ``tmp/``, write it and fsync it, then move it into ``new/``.  A reader only ever looks
+file in ``tmp/``, write it and fsync it (here: write it with O_SYNC, which is the same in one
+system call), then move it into ``new/``.  A reader only ever looks
 at ``new/`` and ``cur/``, so it never sees a partial message.
 
 One SMTP transaction may be delivered to several local recipients, and SMTP has one reply
@@ -36,6 +37,9 @@ from maildir.safeio import fsync_dir, unlink_quiet, write_all
 TMP_MAX_AGE = 36 * 3600
 
 FILE_MODE = 0o600
+
+# writev takes at most this many buffers (Linux's UIO_MAXIOV); a delivery has two or three.
+_IOV_MAX = 1024
 
 # O_EXCL makes a name collision an error instead of an overwrite.  With 64 random bits in
 # every name a collision means something odd (a clock jump plus bad luck); try a new name.
@@ -78,7 +82,8 @@ def _open_tmp(folder: Path, hostname: str | None) -> tuple[int, Path, str]:
         unique = new_unique_name(hostname)
         tmp_path = folder / "tmp" / unique
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            # O_SYNC: each write returns once the data is on disk, as write + fsync would.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_SYNC
             return os.open(tmp_path, flags, FILE_MODE), tmp_path, unique
         except FileExistsError:
             if attempt == _NAME_ATTEMPTS - 1:
@@ -86,13 +91,27 @@ def _open_tmp(folder: Path, hostname: str | None) -> tuple[int, Path, str]:
     raise AssertionError("unreachable")
 
 
+def _write_synced(fd: int, chunks: Iterable[bytes]) -> int:
+    """All chunks in one writev on an O_SYNC descriptor: written and on disk in one system
+    call, where a write per chunk and an fsync were three. Each system call a delivery thread
+    makes hands the GIL to the event loop and back: fewer of them, less time lost switching.
+    A short write (rare on a regular file) goes on with write_all, also synced."""
+    views = [memoryview(chunk).cast("B") for chunk in chunks]
+    total = sum(len(view) for view in views)
+    written = os.writev(fd, views) if len(views) <= _IOV_MAX else 0
+    if written < total:
+        rest = b"".join(views)[written:]
+        written += write_all(fd, [rest])
+    return written
+
+
 def _stage(delivery: Delivery, hostname: str | None) -> _Staged:
-    """Phase 1 for one copy: write and fsync ``tmp/<unique>``; remove it again on failure."""
+    """Phase 1 for one copy: write ``tmp/<unique>`` to disk (O_SYNC: the data and the inode,
+    as fsync makes them durable); remove it again on failure."""
     fd, tmp_path, unique = _open_tmp(delivery.folder, hostname)
     try:
         try:
-            size = write_all(fd, delivery.chunks)
-            os.fsync(fd)
+            size = _write_synced(fd, delivery.chunks)
         finally:
             # close() can report a deferred write error (NFS); it counts as a failure too.
             os.close(fd)

@@ -1,14 +1,15 @@
-"""The order that makes a delivery durable before the 250: the file's fsync, then its rename
-into new/, then new/'s fsync (Postfix's pattern plus the directory); a failed fsync of new/
-leaves nothing and answers 451 to every transaction that waited on it."""
+"""The order that makes a delivery durable before the 250: the file written to disk (O_SYNC,
+an fsync in the same system call), then its rename into new/, then new/'s fsync (Postfix's
+pattern plus the directory); a failed fsync of new/ leaves nothing and answers 451 to every
+transaction that waited on it."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import importlib
 import os
-import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,17 +25,19 @@ deliver_mod = importlib.import_module("maildir.deliver")
 BODY = b"Subject: x\r\n\r\nbody\r\n"
 
 
-def test_file_fsync_then_rename_then_directory_fsync(tmp_path, monkeypatch):
+def test_synced_write_then_rename_then_directory_fsync(tmp_path, monkeypatch):
     boxes = [tmp_path / "a", tmp_path / "b"]
     for box in boxes:
         create_maildir(box)
     events = []
-    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, deliver_mod.fsync_dir
+    real_writev, real_rename, real_fsync_dir = os.writev, os.rename, deliver_mod.fsync_dir
 
-    def fsync(fd):
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):  # new/ itself: seen as fsync_dir
-            events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).parent.parent.name))
-        real_fsync(fd)
+    def writev(fd, buffers):
+        # O_SYNC: the write returns once data and inode are on disk, as after an fsync.
+        synced = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_SYNC == os.O_SYNC
+        box = Path(os.readlink(f"/proc/self/fd/{fd}")).parent.parent.name
+        events.append(("synced write" if synced else "write", box))
+        return real_writev(fd, buffers)
 
     def rename(src, dst):
         events.append(("rename", Path(dst).parent.parent.name))
@@ -44,14 +47,17 @@ def test_file_fsync_then_rename_then_directory_fsync(tmp_path, monkeypatch):
         events.append(("fsync new/", Path(path).parent.name))
         real_fsync_dir(path)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "writev", writev)
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(deliver_mod, "fsync_dir", fsync_dir)
-    deliver([Delivery(box, (BODY,)) for box in boxes])
+    deliver([Delivery(box, (b"Delivered-To: x\r\n", BODY)) for box in boxes])
     # Every copy's data is on disk before any rename (all or nothing), and every rename
     # before the directories' fsyncs that make them durable.
-    assert events == [("fsync", "a"), ("fsync", "b"), ("rename", "a"), ("rename", "b"),
-                      ("fsync new/", "a"), ("fsync new/", "b")]
+    assert events == [("synced write", "a"), ("synced write", "b"), ("rename", "a"),
+                      ("rename", "b"), ("fsync new/", "a"), ("fsync new/", "b")]
+    for box in boxes:
+        [name] = os.listdir(box / "new")
+        assert (box / "new" / name).read_bytes() == b"Delivered-To: x\r\n" + BODY
 
 
 def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monkeypatch):
@@ -77,3 +83,14 @@ def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monk
     results = asyncio.run(transactions())
     assert all(isinstance(r, SMTPError) and r.reply == replies.LOCAL_ERROR for r in results)
     assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
+
+
+def test_short_synced_write_is_finished(tmp_path, monkeypatch):
+    root = tmp_path / "box"
+    create_maildir(root)
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: real_writev(fd, [bytes(buffers[0][:3])]))
+    deliver([Delivery(root, (b"Delivered-To: x\r\n", BODY))])
+    [name] = os.listdir(root / "new")
+    assert (root / "new" / name).read_bytes() == b"Delivered-To: x\r\n" + BODY
+    assert name.endswith(f",S={len(BODY) + 17},W={len(BODY) + 17}")
