@@ -1,7 +1,8 @@
 """The per-user mail index for IMAP: UIDs, MODSEQs, flags, sizes and cached blobs, in SQLite.
 
 Layout.  ``MailboxIndex(root)`` opens ``<root>/mailstead-index.sqlite3`` (index_sql.py) and
-hands out one ``FolderIndex`` per folder name ("INBOX", "Sent", "Lists.python").  UIDs come
+hands out one ``FolderIndex`` per folder name ("INBOX", "Sent", "Lists.python"); the values
+it answers with are in index_types.py, its file paths and cached blobs in index_cache.py.  UIDs come
 from each folder's uidlist (uidlist.py), the only durable record of them: delete the SQLite
 file and it is rebuilt from the Maildir with the same UIDVALIDITY and UIDs.  Flags live in
 the file names (keywords.py), so other Maildir programs see ours and we see theirs.
@@ -44,7 +45,6 @@ process is serialised too.  Writers of different folders only meet at SQLite's s
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import threading
 import time
@@ -53,13 +53,21 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
 
 from maildir import index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
+from maildir.index_cache import FolderCache, lends_connections
 from maildir.index_state import MODSEQ_BLOCK, FolderState
 from maildir.index_sync import DIRS, SyncResult, dir_fresh, sync_folder
+from maildir.index_types import (
+    Changes,
+    FolderStatus,
+    MessageGone,
+    MessageInfo,
+    View,
+    _infos,
+)
 from maildir.keywords import imap_flags, split_keywords
 
 DEFAULT_DIRTY_WINDOW = 2.0  # seconds; see index_sync for what it trades
@@ -82,87 +90,7 @@ __all__ = [
 ]
 
 
-class MessageInfo(NamedTuple):
-    """One message as IMAP sees it.  ``flags`` holds system flags and keywords, e.g.
-    ``{"\\Seen", "$Forwarded", "Junk"}``; ``size`` is RFC822.SIZE; ``internal_date`` is
-    seconds since the epoch (the file's mtime when it was indexed)."""
-
-    uid: int
-    flags: frozenset[str]
-    size: int
-    internal_date: int
-    modseq: int
-
-
-class FolderStatus(NamedTuple):
-    """Everything STATUS and SELECT report, from one snapshot.  ``first_unseen`` is a UID."""
-
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    messages: int
-    unseen: int
-    first_unseen: int | None
-    size: int
-
-
-class Changes(NamedTuple):
-    """What changed after a MODSEQ (from one snapshot): ``messages`` with a higher MODSEQ
-    (new ones included, in UID order) and the UIDs ``expunged`` since (all of them: the index
-    never forgets an expunge, so a view of any earlier MODSEQ can be brought up to date)."""
-
-    highestmodseq: int
-    uidnext: int
-    messages: list[MessageInfo]
-    expunged: list[int]
-    uidvalidity: int = 0
-
-
-class View(NamedTuple):
-    """Every UID in order with its flags (one shared frozenset per distinct combination)."""
-
-    uidvalidity: int
-    highestmodseq: int
-    uidnext: int
-    uids: array
-    flags: list[frozenset[str]]
-
-
-class MessageGone(LookupError):
-    """The UID is not (or no longer) in the folder: expunged, or never existed."""
-
-
-def _infos(rows: Iterable[tuple]) -> list[MessageInfo]:
-    return [
-        MessageInfo(uid, imap_flags(bits, kws), size, date, modseq)
-        for uid, bits, kws, size, date, modseq in rows
-    ]
-
-
-def _lends_connections(index_of):
-    """Class decorator: every public method and property of the class runs with a connection
-    lent from the pool of ``index_of(self)`` (see MailboxIndex.connection)."""
-
-    def wrap(func):
-        @functools.wraps(func)
-        def wrapper(self, *args, **kwargs):
-            with index_of(self).connection():
-                return func(self, *args, **kwargs)
-        return wrapper
-
-    def decorate(cls):
-        for name, member in list(vars(cls).items()):
-            if name.startswith("_") or name in ("close", "connection"):
-                continue
-            if isinstance(member, property):
-                setattr(cls, name, property(wrap(member.fget), doc=member.__doc__))
-            elif callable(member):
-                setattr(cls, name, wrap(member))
-        return cls
-    return decorate
-
-
-@_lends_connections(lambda index: index)
+@lends_connections(lambda index: index)
 class MailboxIndex:
     """The index of one user's Maildir at ``root``.  Use one per user per process.
 
@@ -265,8 +193,8 @@ class MailboxIndex:
         self.close()
 
 
-@_lends_connections(lambda folder: folder.index)
-class FolderIndex(FolderState):
+@lends_connections(lambda folder: folder.index)
+class FolderIndex(FolderCache, FolderState):
     """One folder's index.  Thread-safe; get it from ``MailboxIndex.folder``.
 
     The state it keeps and its writer lock are in index_state.FolderState; index_sync,
@@ -427,76 +355,6 @@ class FolderIndex(FolderState):
         for (text,) in self._conn().execute(query, (self._id,)):
             names.update(split_keywords(text))
         return sorted(names)
-
-    def path(self, uid: int) -> Path:
-        query = "SELECT subdir, name FROM messages WHERE folder = ? AND uid = ?"
-        row = self._conn().execute(query, (self._id, uid)).fetchone()
-        if row is None:
-            raise MessageGone(uid)
-        return self.directory / row[0] / row[1]
-
-    def paths(self, uids: Iterable[int]) -> dict[int, str]:
-        """The file paths of those of ``uids`` in the folder, from one query: for reading
-        many messages.  A path goes stale when another program renames the file; ``open``
-        finds it again."""
-        directory = str(self.directory)
-        rows = sql.message_rows(self._conn(), self._id, uids)
-        return {r.uid: f"{directory}/{r.subdir}/{r.name}" for r in rows}
-
-    def open(self, uid: int) -> BinaryIO:
-        """The message file, opened for reading.  MessageGone if it is not in the folder.
-
-        If another program renamed it since our last sync, one full sync finds it again.
-        """
-        for attempt in range(2):
-            try:
-                return open(self.path(uid), "rb")  # noqa: SIM115 -- the caller closes it
-            except FileNotFoundError:
-                if attempt == 0:
-                    self._sync_before_change(full=True)
-        raise MessageGone(uid)
-
-    def read(self, uid: int) -> bytes:
-        with self.open(uid) as f:
-            return f.read()
-
-    # -- cached blobs (ENVELOPE, BODYSTRUCTURE, ...) -------------------------------------
-
-    def get_cached(self, uid: int, kind: str) -> bytes | str | None:
-        return sql.get_cache(self._conn(), self._id, [uid], kind).get(uid)
-
-    def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes | str]:
-        return sql.get_cache(self._conn(), self._id, uids, kind)
-
-    def put_cached(self, uid: int, kind: str, value: bytes | str) -> None:
-        self.put_cached_many(kind, [(uid, value)])
-
-    def put_cached_many(self, kind: str, items: Iterable[tuple[int, bytes | str]]) -> None:
-        """Store derived blobs in one transaction; UIDs no longer in the folder are skipped.
-
-        A message file never changes, so an entry stays valid until the message goes.
-        """
-        conn = self._conn()
-        with sql.write_txn(conn):
-            sql.put_cache(conn, self._id, kind, items)
-
-    def field_values(self, name: str) -> dict[int, bytes]:
-        """What ``put_field_values`` stored for header field ``name``, by UID."""
-        return sql.get_fields(self._conn(), self._id, name)
-
-    def field_uids(self, name: str) -> set[int]:
-        """The UIDs whose value of header field ``name`` is stored."""
-        return sql.field_uids(self._conn(), self._id, name)
-
-    def field_matches(self, name: str, needle: bytes) -> set[int]:
-        """The UIDs whose stored value of field ``name`` contains ``needle``."""
-        return sql.field_matches(self._conn(), self._id, name, needle)
-
-    def put_field_values(self, name: str, items: Iterable[tuple[int, bytes]]) -> None:
-        """Remember a header field's (decoded) value per UID, for later searches."""
-        conn = self._conn()
-        with sql.write_txn(conn):
-            sql.put_fields(conn, self._id, name, items)
 
     # -- changing (index_ops.py) ---------------------------------------------------------
 
