@@ -277,6 +277,16 @@ class FolderIndex(FolderCache, FolderState):
         """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID."""
         return {info.uid: info for info in _infos(sql.info_rows_of(self._conn(), self._id, uids))}
 
+    def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
+        """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both."""
+        directory = str(self.directory)
+        infos, paths = {}, {}
+        for r in sql.message_rows(self._conn(), self._id, uids):
+            infos[r.uid] = MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size,
+                                       r.internal_date, r.modseq)
+            paths[r.uid] = f"{directory}/{r.subdir}/{r.name}"
+        return infos, paths
+
     def changes_since(self, modseq: int) -> Changes:
         """Messages with MODSEQ > ``modseq`` and UIDs expunged after it, with the folder's
         HIGHESTMODSEQ and UIDNEXT, all from one snapshot.  ``changes_since(0)`` is the

@@ -61,10 +61,10 @@ class FetchCommands:
             # A client opening a message or two: on the event loop when the files are
             # small, as a trip to a worker thread costs more than reading them (page cache).
             # Not with ENVELOPE and the like, whose first computation writes to the index.
-            infos = _infos(sel.folder, [u for _, u in targets])
+            infos, paths = sel.folder.located([u for _, u in targets])
             if sum(info.size for info in infos.values()) <= INLINE_BYTES:
                 lines, missing, _, _ = self._fetch_batch(
-                    targets, items, args.changedsince, seen, infos, None)
+                    targets, items, args.changedsince, seen, infos, None, paths=paths)
                 if lines:
                     yield b"".join(lines)
                 if missing:
@@ -86,8 +86,8 @@ class FetchCommands:
         if gone:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
-    def _fetch_batch(self, batch, items, changedsince, seen, infos, info_targets,
-                     ahead=None, upcoming=()) -> tuple[list[bytes], bool, int, dict | None]:
+    def _fetch_batch(self, batch, items, changedsince, seen, infos, info_targets, ahead=None,
+                     upcoming=(), paths=None) -> tuple[list[bytes], bool, int, dict | None]:
         """Runs in a worker thread (a few small messages: on the event loop): cache, file
         reads, MIME. ``infos`` is None when only
         flags and UIDs are asked for: the session's view has those; ``info_targets``: read
@@ -104,7 +104,6 @@ class FetchCommands:
         wants_file = any(fetch.needs_file(i) for i in items)
         # ENVELOPE alone (a client's first sync of a folder) needs only the header.
         header_only = not wants_file and kinds <= {"envelope"}
-        paths = None
         lines, missing, done, size = [], False, 0, 0
         pool = self.ctx.parse_pool
         if kinds and not wants_file and pool is not None and ahead is not None:

@@ -46,3 +46,11 @@ def test_a_stale_path_finds_the_file_again_and_an_unknown_uid_is_gone(tmp_path):
         pass
     else:
         raise AssertionError("UID 3 does not exist")
+
+
+def test_located_is_get_many_and_paths_in_one(tmp_path):
+    fi = _folder(tmp_path, HEADER + b"one\r\n", HEADER + b"two\r\n", HEADER + b"three\r\n")
+    fi.store_flags([2], {"\\Seen", "$Label1"}, "add")
+    infos, paths = fi.located([1, 2, 5])
+    assert infos == fi.get_many([1, 2, 5]) and paths == fi.paths([1, 2, 5])
+    assert set(infos) == {1, 2} and infos[2].flags == {"\\Seen", "$Label1"}
