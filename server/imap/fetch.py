@@ -78,7 +78,7 @@ def sets_seen(item) -> bool:
 
 def compute_cached(kind: str, message: bytes) -> bytes:
     if kind == "envelope":
-        return encode(mime.envelope(message))
+        return mime.envelope_bytes(message)
     return encode(mime.bodystructure(message, extended=(kind == "bodystructure")))
 
 

@@ -10,7 +10,7 @@ concern: ``mime_header`` (header fields and parameters), ``mime_address`` (ENVEL
 
 from __future__ import annotations
 
-from server.imap.mime_address import envelope
+from server.imap.mime_address import envelope, envelope_bytes
 from server.imap.mime_header import body_offset, field_spans, header_section, header_value
 from server.imap.mime_parts import Entity, bodystructure, parse
 from server.imap.mime_text import decode_cte
@@ -21,6 +21,7 @@ __all__ = [
     "body_offset",
     "bodystructure",
     "envelope",
+    "envelope_bytes",
     "find_part",
     "header_section",
     "header_value",
