@@ -55,8 +55,8 @@ class FolderCache:
         many messages.  A path goes stale when another program renames the file; ``open``
         finds it again."""
         directory = str(self.directory)
-        rows = sql.message_rows(self._conn(), self._id, uids)
-        return {r.uid: f"{directory}/{r.subdir}/{r.name}" for r in rows}
+        rows = sql.file_names(self._conn(), self._id, uids)
+        return {uid: f"{directory}/{subdir}/{name}" for uid, subdir, name in rows}
 
     def open(self, uid: int) -> BinaryIO:
         """The message file, opened for reading.  MessageGone if it is not in the folder.

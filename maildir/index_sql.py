@@ -280,6 +280,16 @@ def message_rows(
     return result
 
 
+def file_names(conn: sqlite3.Connection, folder_id: int, uids: Iterable[int]) -> list[tuple]:
+    """(uid, subdir, name) of the given UIDs that exist."""
+    rows: list[tuple] = []
+    for part in chunks(sorted(set(uids))):
+        marks, params = in_list(part)
+        query = f"SELECT uid, subdir, name FROM messages WHERE folder = ? AND uid IN ({marks})"
+        rows.extend(conn.execute(query, (folder_id, *params)))
+    return rows
+
+
 def insert_messages(conn: sqlite3.Connection, folder_id: int, rows: Iterable[MsgRow]) -> None:
     insert_rows(conn, ((folder_id, *row) for row in rows))
 

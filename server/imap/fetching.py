@@ -53,8 +53,10 @@ class FetchCommands:
             return
         # The index rows are read in the first batch's thread call: a FETCH of one message
         # (the commonest) then costs one trip to a worker thread, not two.
+        # ENVELOPE and the like need no row: a cached value is there only while its
+        # message is, and one that is not is computed from the file, found by its path.
         want_infos = args.changedsince is not None or bool(names & INFO_ITEMS) or \
-            any(fetch.needs_file(i) or fetch.cached_kind(i) for i in items)
+            any(fetch.needs_file(i) for i in items)
         infos = None
         if want_infos and len(targets) <= INLINE_MESSAGES and \
                 not any(fetch.cached_kind(i) for i in items):

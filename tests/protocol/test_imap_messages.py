@@ -240,3 +240,20 @@ def test_a_first_envelope_and_bodystructure_of_many_messages(mx):
             for seq, (line, message) in enumerate(zip(lines, stored, strict=True), 1):
                 want = fetch.compute_cached(kind, fetch.crlf(message))
                 assert line == b"* %d FETCH (%s %s)" % (seq, item.encode(), want)
+
+
+def test_a_message_deleted_by_another_program_during_a_fetch_is_expungeissued(r, mx, user):
+    # RFC 9051 §7.1: EXPUNGEISSUED when a message asked for has gone; the others are sent.
+    import os
+
+    cur = mx.maildir(user)._path + "/cur"
+    second = next(n for n in os.listdir(cur)
+                  if b"Subject: second" in open(f"{cur}/{n}", "rb").read())
+    os.unlink(f"{cur}/{second}")
+    for tag, what in (("a", "ENVELOPE"), ("b", "BODY.PEEK[HEADER]")):
+        lines, done = r.cmd(tag, f"FETCH 2:3 ({what})")
+        assert done.startswith(tag.encode() + b" NO [EXPUNGEISSUED]"), (what, done)
+        fetched = [line for line in lines if what.split(".")[0].encode() in line]
+        assert len(fetched) == 1 and fetched[0].startswith(b"* 3 FETCH"), (what, lines)
+    lines, done = r.cmd("c", "NOOP")
+    assert b"* 2 EXPUNGE" in lines and done.startswith(b"c OK")
