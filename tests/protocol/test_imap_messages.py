@@ -247,8 +247,10 @@ def test_a_message_deleted_by_another_program_during_a_fetch_is_expungeissued(r,
     import os
 
     cur = mx.maildir(user)._path + "/cur"
+    from pathlib import Path
+
     second = next(n for n in os.listdir(cur)
-                  if b"Subject: second" in open(f"{cur}/{n}", "rb").read())
+                  if b"Subject: second" in Path(cur, n).read_bytes())
     os.unlink(f"{cur}/{second}")
     for tag, what in (("a", "ENVELOPE"), ("b", "BODY.PEEK[HEADER]")):
         lines, done = r.cmd(tag, f"FETCH 2:3 ({what})")
