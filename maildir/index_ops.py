@@ -13,10 +13,8 @@ name; if it is gone for good the message is skipped, and the next sync() reports
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -40,10 +38,6 @@ if TYPE_CHECKING:
     from maildir.index import FolderIndex
 
 MODES = ("add", "remove", "replace")
-# A STORE renaming at least this many files records them in SQLite while it renames the
-# rest, a chunk at a time (see _overlapped).
-OVERLAP_MIN = 2000
-OVERLAP_CHUNK = 1000
 
 
 def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:
@@ -102,22 +96,14 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         if not plan:
             return [], failed
         fi._keywords.assign(arg_kws)
-        renames = _renames(fi, plan, mode, arg_bits, arg_kws)
-        chunks = _overlapped(renames) if len(plan) >= OVERLAP_MIN else iter([list(renames)])
-        done: list[sql.MsgRow] = []
+        moved = list(_renames(fi, plan, mode, arg_bits, arg_kws))
+        if not moved:
+            return [], failed
         with sql.write_txn(conn):
-            modseq = None
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                if modseq is None:
-                    modseq = fi._allocate_modseq(conn, row)
-                rows = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
-                                   "cur", name) for r, bits, text, name in chunk]
-                sql.update_files(conn, row.id, rows)
-                done.extend(rows)
-            if not done:
-                return [], failed
+            modseq = fi._allocate_modseq(conn, row)
+            done = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
+                               "cur", name) for r, bits, text, name in moved]
+            sql.update_files(conn, row.id, done)
             values = {"highestmodseq": modseq, "version": row.version + 1}
             if cur_fresh:
                 values.update(own_change_record(fi, row.cur_recheck))
@@ -154,43 +140,6 @@ def _renames(fi: FolderIndex, plan, mode, arg_bits, arg_kws):
             except FileNotFoundError:
                 continue
         yield r, bits, text, new_name
-
-
-def _overlapped(items: Iterator) -> Iterator[list]:
-    """``items`` in lists of OVERLAP_CHUNK, produced by a thread of their own: the renames of a
-    big STORE go on while SQLite records those already done.  Both let go of the GIL (a
-    rename is a system call, SQLite steps run without it), so on two cores the index update
-    costs next to no time of its own.  Files first, index second still holds: a chunk is
-    recorded only after its renames, and the transaction commits after the last."""
-    results: queue.SimpleQueue = queue.SimpleQueue()
-    stop = threading.Event()
-    size = OVERLAP_CHUNK
-
-    def produce() -> None:
-        try:
-            chunk = []
-            for item in items:
-                chunk.append(item)
-                if len(chunk) >= size:
-                    results.put(chunk)
-                    chunk = []
-                    if stop.is_set():
-                        return  # the index update failed: rename no more
-            results.put(chunk)
-            results.put(None)
-        except BaseException as err:  # noqa: BLE001 -- handed to the consumer to raise
-            results.put(err)
-
-    thread = threading.Thread(target=produce, name="store-renames", daemon=True)
-    thread.start()
-    try:
-        while (got := results.get()) is not None:
-            if isinstance(got, BaseException):
-                raise got
-            yield got
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _moved_rows(rows: list[sql.MsgRow]):
