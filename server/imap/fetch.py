@@ -32,8 +32,8 @@ HEADER_READ = 16384
 
 
 def read_file(path: str, header_only: bool = False) -> bytes:
-    """A message file, or with ``header_only`` as much of it as holds the header (what
-    ENVELOPE needs: one read for almost every message)."""
+    """A message file, or with ``header_only`` its header (what ENVELOPE needs: one read
+    for almost every message)."""
     # os-level calls: a buffered file object costs more system calls (fstat, ioctl, two
     # lseeks) than reading a small message does.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -41,7 +41,7 @@ def read_file(path: str, header_only: bool = False) -> bytes:
         if header_only:
             data = os.read(fd, HEADER_READ)
             if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
-                return data
+                return data[:mime.body_offset(data)]  # the body would only be scanned
         else:
             data = os.read(fd, os.fstat(fd).st_size)
         parts = [data]
