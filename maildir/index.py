@@ -45,6 +45,7 @@ process is serialised too.  Writers of different folders only meet at SQLite's s
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -57,9 +58,9 @@ from pathlib import Path
 from maildir import index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
-from maildir.index_cache import FolderCache, lends_connections
+from maildir.index_cache import FolderCache, lends_connections, without_connection
 from maildir.index_state import MODSEQ_BLOCK, FolderState
-from maildir.index_sync import DIRS, SyncResult, dir_fresh, sync_folder
+from maildir.index_sync import SyncResult, fresh, sync_folder
 from maildir.index_types import (
     Changes,
     FolderStatus,
@@ -163,6 +164,13 @@ class MailboxIndex:
         folder._ensure_open()
         return folder
 
+    @without_connection
+    def is_current(self, folder: FolderIndex) -> bool:
+        """True if ``folder`` is still what ``folder(name)`` gives (not forgotten after an
+        IMAP DELETE or RENAME); no disk or database access."""
+        with self._lock:
+            return self._folders.get(folder.name) is folder
+
     def forget(self, name: str) -> None:
         """Drop a folder's rows, after IMAP DELETE or RENAME moved its directory away.
 
@@ -206,6 +214,7 @@ class FolderIndex(FolderCache, FolderState):
         self._open_lock = threading.Lock()
         self._opened = False
         self._unreported = SyncResult()
+        self._subdir_paths = (os.path.join(directory, "new"), os.path.join(directory, "cur"))
 
     def __repr__(self) -> str:
         return f"<FolderIndex {self.name!r} at {self.directory}>"
@@ -250,8 +259,12 @@ class FolderIndex(FolderCache, FolderState):
         if self._unreported:
             return False
         row = self._row(self._conn())
+        if row.highestmodseq != modseq:
+            return False
         now = time.time_ns()
-        return row.highestmodseq == modseq and all(dir_fresh(self, row, d, now) for d in DIRS)
+        new, cur = self._subdir_paths
+        return (fresh(os.stat(new).st_mtime_ns, row.new_mtime, row.new_recheck, now)
+                and fresh(os.stat(cur).st_mtime_ns, row.cur_mtime, row.cur_recheck, now))
 
     def _sync_before_change(self, full: bool = False) -> None:
         """Catch up before changing, so a STORE starts from the flags the files have now and

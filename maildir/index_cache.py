@@ -28,7 +28,8 @@ def lends_connections(index_of):
 
     def decorate(cls):
         for name, member in list(vars(cls).items()):
-            if name.startswith("_") or name in ("close", "connection"):
+            if name.startswith("_") or name in ("close", "connection") or \
+                    getattr(member, "needs_connection", True) is False:
                 continue
             if isinstance(member, property):
                 setattr(cls, name, property(wrap(member.fget), doc=member.__doc__))
@@ -36,6 +37,13 @@ def lends_connections(index_of):
                 setattr(cls, name, wrap(member))
         return cls
     return decorate
+
+
+def without_connection(func):
+    """Marks a public method that touches no database: ``lends_connections`` leaves it be
+    (lending costs a pool lock and a context manager: too much for a check per command)."""
+    func.needs_connection = False
+    return func
 
 
 @lends_connections(lambda folder: folder.index)

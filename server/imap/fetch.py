@@ -43,11 +43,15 @@ def read_file(path: str, header_only: bool = False) -> bytes:
             if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
                 return data[:mime.body_offset(data)]  # the body would only be scanned
         else:
-            data = os.read(fd, os.fstat(fd).st_size)
+            # One more than its size: a read that comes back short has reached the end.
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1)
+            if len(data) <= size:
+                return data
         parts = [data]
-        while more := os.read(fd, 1 << 20):  # a file longer than the first read
+        while more := os.read(fd, 65536):  # a file longer than the first read
             parts.append(more)
-        return b"".join(parts) if len(parts) > 1 else data
+        return b"".join(parts)
     finally:
         os.close(fd)
 

@@ -274,7 +274,8 @@ class Selected:
         the poll after every command costs no trip to a worker thread when nothing changed
         (the common case). False when in doubt: refresh() then finds out, or says why not."""
         try:
-            self._check_still_there()
+            if self.mailbox_index is not None and not self.mailbox_index.is_current(self.folder):
+                return False  # refresh() says MailboxGone, or finds the folder again
             return self.folder.unchanged_since(self.modseq)
         except Exception:
             return False

@@ -95,3 +95,10 @@ def test_a_sessions_own_store_needs_no_reading_back_unless_another_came_between(
     view.stored(changed)  # ...came between: the view must still catch up on it
     assert not view.unchanged()
     assert view.refresh()[1] == [2] and view.flags[2] == {"\\Flagged"}
+
+
+def test_is_current_until_the_folder_is_forgotten(index):
+    view = opened(index)
+    assert index.is_current(view.folder)
+    index.forget("INBOX")  # as IMAP DELETE or RENAME does
+    assert not index.is_current(view.folder) and not view.unchanged()
