@@ -76,6 +76,17 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
         loop.close()
 
 
+def _run(scenario, *sockets) -> None:
+    """Run ``scenario()`` on a fresh event loop (20 s at most), then close ``sockets``."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+    finally:
+        loop.close()
+        for sock in sockets:
+            sock.close()
+
+
 def test_worker_outbox_loses_nothing_when_the_channel_is_full():
     """A worker's reports to the daemon ("closed", "queued", ...) wait when the channel is
     full and go out in order once the daemon reads again."""
@@ -102,13 +113,7 @@ def test_worker_outbox_loses_nothing_when_the_channel_is_full():
                 await asyncio.sleep(0.001)
         assert not outbox.waiting
 
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
-    finally:
-        loop.close()
-        ours.close()
-        theirs.close()
+    _run(scenario, ours, theirs)
     assert received == [str(i) for i in range(20000)]
 
 
@@ -135,10 +140,4 @@ def test_worker_reports_go_together_and_drain_sends_the_rest():
         assert messages(theirs.recv(65536)) == [{"op": "closed", "id": "c2"}]
         assert outbox.timer is None
 
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
-    finally:
-        loop.close()
-        ours.close()
-        theirs.close()
+    _run(scenario, ours, theirs)
