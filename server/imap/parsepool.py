@@ -70,16 +70,21 @@ class ParsePool:
             pool = self._acquire()
             if pool is None:
                 return None
-            size = -(-len(paths) // self.workers)
-            try:
-                futures = [pool.submit(compute, kind, paths[i:i + size])
-                           for i in range(0, len(paths), size)]
-            except Exception as err:  # noqa: BLE001 -- a broken pool: the caller computes
-                self._failed(pool, err)
-                return None
-            self._busy += len(futures)
-        for future in futures:
-            future.add_done_callback(self._done)
+            self._busy += 1  # held until every future is counted, so no idle stop between
+        size = -(-len(paths) // self.workers)
+        futures = []
+        try:
+            for i in range(0, len(paths), size):
+                future = pool.submit(compute, kind, paths[i:i + size])
+                with self._lock:
+                    self._busy += 1
+                future.add_done_callback(self._done)
+                futures.append(future)
+        except Exception as err:  # noqa: BLE001 -- a broken pool: the caller computes
+            self._failed(pool, err)
+            return None
+        finally:
+            self._done(None)
         return Pending(self, pool, futures)
 
     def _done(self, _future) -> None:
@@ -88,10 +93,12 @@ class ParsePool:
             self._last_use = time.monotonic()
 
     def _failed(self, pool: ProcessPoolExecutor, err: BaseException) -> None:
+        """Drop a failed pool (call without the lock: cancelled futures run ``_done``)."""
         log.warning("parse helpers failed (%s: %s); parsing in the daemon",
                     type(err).__name__, err)
-        if self._pool is pool:
-            self._pool = None
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
     def _acquire(self) -> ProcessPoolExecutor | None:
@@ -141,7 +148,6 @@ class Pending:
             for future in self.futures:
                 out.extend(future.result())
         except Exception as err:  # noqa: BLE001 -- the caller's own path answers instead
-            with self.owner._lock:
-                self.owner._failed(self.pool, err)
+            self.owner._failed(self.pool, err)
             return None
         return out

@@ -117,3 +117,27 @@ def test_a_fetch_asks_for_the_next_batch_while_it_renders_this_one(tmp_path, poo
             with open(folder.paths([uid])[uid], "rb") as f:
                 assert cache2["envelope"][uid] == fetch.compute_cached(
                     "envelope", fetch.crlf(f.read()))
+
+
+def test_a_failure_with_work_still_queued_neither_hangs_nor_loses_the_pool(pool, paths):
+    # A helper's error drops the pool, cancelling what is queued: no hang, every batch
+    # either computed or handed back to the caller, and the next one gets a new pool.
+    import threading
+
+    got = []
+
+    unreadable = os.path.dirname(paths[0])  # a directory: the helper's read raises
+
+    def scenario():
+        first = pool.submit("envelope", [unreadable, *paths])
+        later = [pool.submit("envelope", paths * 100) for _ in range(3)]  # some still queued
+        got.extend([first.result(), *(p.result() for p in later)])
+
+    runner = threading.Thread(target=scenario, daemon=True)  # a hang must not hang pytest
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive()
+    everything = [local("envelope", p) for p in paths] * 100
+    assert got[0] is None and all(r is None or r == everything for r in got[1:])
+    assert pool._busy == 0
+    assert pool.compute("envelope", paths) == [local("envelope", p) for p in paths]
