@@ -60,7 +60,7 @@ from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
 from maildir.index_state import MODSEQ_BLOCK, FolderState
-from maildir.index_sync import SyncResult, fresh, sync_folder
+from maildir.index_sync import SyncResult, dir_fresh, sync_folder
 from maildir.index_types import (
     Changes,
     FolderStatus,
@@ -262,9 +262,7 @@ class FolderIndex(FolderCache, FolderState):
         if row.highestmodseq != modseq:
             return False
         now = time.time_ns()
-        new, cur = self._subdir_paths
-        return (fresh(os.stat(new).st_mtime_ns, row.new_mtime, row.new_recheck, now)
-                and fresh(os.stat(cur).st_mtime_ns, row.cur_mtime, row.cur_recheck, now))
+        return dir_fresh(self, row, "new", now) and dir_fresh(self, row, "cur", now)
 
     def _sync_before_change(self, full: bool = False) -> None:
         """Catch up before changing, so a STORE starts from the flags the files have now and

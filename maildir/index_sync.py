@@ -84,7 +84,8 @@ def fresh(mtime_ns: int, recorded: int, recheck: int, now_ns: int) -> bool:
 
 
 def dir_fresh(fi: FolderIndex, row: sql.FolderRow, subdir: str, now_ns: int) -> bool:
-    mtime = os.stat(fi.directory / subdir).st_mtime_ns
+    # Paths built once per folder (``_subdir_paths``): this runs at the end of every command.
+    mtime = os.stat(fi._subdir_paths[subdir == "cur"]).st_mtime_ns
     return fresh(mtime, getattr(row, f"{subdir}_mtime"), getattr(row, f"{subdir}_recheck"), now_ns)
 
 
