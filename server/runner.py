@@ -21,6 +21,8 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import uvloop
+
 from maildir import cleanup_tmp, folder_path, list_folders
 from server import dkimkeys
 from server.abuse import Guard
@@ -336,7 +338,7 @@ def run(config: Config) -> int:
     tune_malloc()
     start_memtrace()  # MAILSTEAD_MEMTRACE: tests/stress/soak.py --memtrace only
     try:
-        return asyncio.run(_serve(config))
+        return uvloop.run(_serve(config))
     except StartupError as err:
         log.error("cannot start: %s", err)
         return 1

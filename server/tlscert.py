@@ -7,6 +7,7 @@ the hostname and ``localhost`` as DNS names besides ``127.0.0.1``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import ssl
@@ -21,6 +22,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from maildir.safeio import atomic_write, make_private_dir
 
 SELF_SIGNED_DAYS = 825  # the longest validity Apple clients accept for a TLS server certificate
+
+HANDSHAKE_TIMEOUT = 30.0
+# When the server ends a TLS connection it sends close_notify and waits for the client's before
+# dropping the socket. A client that never answers (one trickling bytes to hold a slot) must
+# not keep it open: uvloop would wait 30 s, reading and discarding what comes meanwhile.
+SHUTDOWN_TIMEOUT = 1.0
 
 
 def make_self_signed(hostname: str, cert_file: Path, key_file: Path) -> None:
@@ -64,6 +71,17 @@ def server_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+async def close_stream(writer: asyncio.StreamWriter) -> None:
+    """Close a connection, TLS or not, and drop it if the TLS goodbye takes longer than
+    ``SHUTDOWN_TIMEOUT``: listeners bound it for implicit TLS, this also for STARTTLS."""
+    writer.close()
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await writer.wait_closed()
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        writer.transport.abort()
 
 
 def reload_certificate(ctx: ssl.SSLContext, cert_file: Path, key_file: Path | None) -> None:

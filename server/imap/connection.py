@@ -18,6 +18,7 @@ import ssl
 
 from server.imap import responses
 from server.imap.parser import Command, CommandReader, NeedLiteral, ParseError
+from server.tlscert import HANDSHAKE_TIMEOUT, close_stream
 
 log = logging.getLogger("mailstead.imap")
 
@@ -132,7 +133,14 @@ class Connection:
             log.info("conn=%s connection lost: %s", self.session.conn_id, err)
         finally:
             await self.session.close()
-            self.writer.close()
+            await self._close()
+
+    async def _close(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            self.writer.close()  # shutdown: the listener drops what is left
+        else:
+            await close_stream(self.writer)
 
     async def _bad(self, error: ParseError) -> None:
         self.bad_in_a_row += 1
@@ -196,7 +204,7 @@ class Connection:
         pending = len(getattr(self.reader, "_buffer", b""))
         if self.commands.buffered() or pending:
             raise Closed("data sent in the clear after STARTTLS")
-        await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=30)
+        await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         self.commands = self._reader()
         self.session.tls_started()
 

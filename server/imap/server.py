@@ -20,6 +20,7 @@ from server.imap.notify import ChangeHub
 from server.imap.parsepool import ParsePool
 from server.imap.session import Session
 from server.smtp.protocol import new_conn_id
+from server.tlscert import HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT
 
 log = logging.getLogger("mailstead.imap")
 
@@ -108,7 +109,8 @@ class IMAPListener:
         self.server = await asyncio.start_server(
             self._serve, host=self.listen.host, port=self.listen.port, reuse_address=True,
             backlog=512, ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=30 if self.implicit_tls else None, limit=256 * 1024)
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.implicit_tls else None,
+            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if self.implicit_tls else None, limit=256 * 1024)
         log.info("%s listening on %s", self.name, self.listen)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

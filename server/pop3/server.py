@@ -13,6 +13,7 @@ from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen
 from server.pop3.session import Reply, Session
 from server.smtp.protocol import new_conn_id
+from server.tlscert import HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT, close_stream
 
 log = logging.getLogger("mailstead.pop3")
 
@@ -79,7 +80,9 @@ class POP3Listener:
         self.server = await asyncio.start_server(
             self._serve, host=self.listen.host, port=self.listen.port, reuse_address=True,
             backlog=256, ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=30 if self.implicit_tls else None, limit=MAX_LINE * 4)
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.implicit_tls else None,
+            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if self.implicit_tls else None,
+            limit=MAX_LINE * 4)
         log.info("%s listening on %s", self.name, self.listen)
 
     def stop_accepting(self) -> None:
@@ -202,7 +205,11 @@ class Connection:
         finally:
             # Without QUIT nothing is deleted (RFC 1939 §6): DELE only marked the snapshot.
             await session.close()
-            self.writer.close()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self.writer.close()  # shutdown: the listener drops what is left
+            else:
+                await close_stream(self.writer)
 
     async def _stls(self) -> None:
         refusal = self.session.stls_refusal()
@@ -216,5 +223,5 @@ class Connection:
         # as said inside TLS; a client that did not wait is hung up on.
         if len(getattr(self.reader, "_buffer", b"")):
             raise ConnectionError("data sent in the clear after STLS")
-        await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=30)
+        await self.writer.start_tls(self.tls_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         self.session.tls = True

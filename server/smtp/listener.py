@@ -13,6 +13,7 @@ from server.abuse import BANNED, RATE, Guard, Refused, Slot
 from server.config import Config, Listen
 from server.smtp import replies
 from server.smtp.protocol import SMTPProtocol, new_conn_id
+from server.tlscert import HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT
 
 log = logging.getLogger("mailstead.smtp")
 
@@ -80,7 +81,8 @@ class SMTPListener:
             self._protocol, host=self.listen.host, port=self.listen.port,
             reuse_address=True, backlog=512,
             ssl=self.tls_context if self.implicit_tls else None,
-            ssl_handshake_timeout=30 if self.implicit_tls else None)
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.implicit_tls else None,
+            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if self.implicit_tls else None)
         log.info("%s listening on %s", self.name, self.listen)
 
     async def adopt(self, sock: socket.socket, conn_id: str, slot, greeted: bool = False) -> None:

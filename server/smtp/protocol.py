@@ -182,6 +182,15 @@ class SMTPProtocol(SMTP):
                  self.transactions)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool:
+        super().eof_received()
+        # aiosmtpd cancels its handler at EOF and lets the handler's CancelledError close the
+        # transport. A handler cancelled before its first step never does: uvloop can read
+        # the EOF of a connect-and-close in the same pass as connection_made, and the
+        # half-open connection then held its slot until the idle timeout. Closing here
+        # still flushes any replies written before the EOF.
+        return False
+
     def tls_cipher(self) -> tuple | None:
         """(name, protocol, bits) of the TLS in use (STARTTLS or implicit), else None."""
         if self.transport is None:

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import time
 
 import pytest
@@ -135,6 +136,31 @@ def test_bans_and_connection_limits_are_the_daemons(tmp_path, dns_server):
         assert abuse.first_line(inst, "mx", ip).startswith(b"421 4.7.0 Too many failed logins")
         # Another address is served by the workers as before.
         assert abuse.first_line(inst, "mx", abuse.source(33)).startswith(b"220 ")
+    finally:
+        inst.stop()
+
+
+def test_connect_and_hang_up_gives_the_slot_back(tmp_path, dns_server):
+    """Scanners connect and hang up before reading the greeting. Each such connection must
+    end at once in the worker that took it, not hold a slot until the idle timeout."""
+    inst = Instance(tmp_path / "inst", dns_server.nameserver,
+                    extra_config="[smtp]\nworkers = 2\nmax_connections = 3\n")
+    inst.start()
+    try:
+        worker_pids(inst)
+        for _ in range(20):
+            socket.create_connection(("127.0.0.1", inst.mx_port), timeout=5).close()
+        deadline = time.monotonic() + 5
+        while True:
+            held = [socket.create_connection(("127.0.0.1", inst.mx_port), timeout=5)
+                    for _ in range(3)]
+            greetings = [c.recv(100)[:4] for c in held]
+            for conn in held:
+                conn.close()
+            if greetings == [b"220 "] * 3:
+                break
+            assert time.monotonic() < deadline, f"slots still held: {greetings}\n{inst.log()}"
+            time.sleep(0.2)
     finally:
         inst.stop()
 
