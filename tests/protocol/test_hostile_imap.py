@@ -209,16 +209,22 @@ def test_nul_after_login(inst, command):
 # --- slowloris ---
 
 
-@pytest.mark.parametrize("port", ["imap", "imaps"])
+@pytest.mark.parametrize("port", ["imap", "imaps", "starttls"])
 def test_slowloris_before_login_is_closed(inst, port):
     """[imap] login_timeout = 2 is how long a connection may take to log in, not how long it
-    may stay silent: trickling a byte every half second does not keep it open."""
-    sock = socket.create_connection(("127.0.0.1", inst.ports[port]), timeout=10)
-    if port == "imaps":
-        sock = inst.tls_context().wrap_socket(sock, server_hostname="localhost")
-    with sock:
+    may stay silent: trickling a byte every half second does not keep it open. Over TLS the
+    server's goodbye (close_notify) is not answered: it hangs up anyway."""
+    sock = socket.create_connection(("127.0.0.1", inst.ports["imaps" if port == "imaps"
+                                                             else "imap"]), timeout=10)
+    started = time.monotonic()
+    try:
+        if port == "imaps":
+            sock = inst.tls_context().wrap_socket(sock, server_hostname="localhost")
         sock.recv(4096)  # the greeting
-        started = time.monotonic()
+        if port == "starttls":
+            sock.sendall(b"s STARTTLS\r\n")
+            assert sock.recv(4096).startswith(b"s OK")
+            sock = inst.tls_context().wrap_socket(sock, server_hostname="localhost")
         with pytest.raises(OSError):
             for byte in b"a NOOP\r\n" * 20:  # NOOP is allowed before login
                 sock.sendall(bytes([byte]))
@@ -233,6 +239,8 @@ def test_slowloris_before_login_is_closed(inst, port):
                 pass
             raise ConnectionResetError
         assert time.monotonic() - started < 6
+    finally:
+        sock.close()
 
 
 def test_silent_logged_in_session_is_not_cut_by_login_timeout(inst):

@@ -176,13 +176,17 @@ def test_a_login_is_for_its_own_maildrop_only(inst):
 # --- slowloris ---
 
 
-@pytest.mark.parametrize("port", ["pop3", "pop3s"])
+@pytest.mark.parametrize("port", ["pop3", "pop3s", "stls"])
 @pytest.mark.parametrize("trickle", [b"CAPA\r\n", b"C"], ids=["lines", "bytes"])
 def test_slowloris_before_login_is_closed(inst, port, trickle):
     """[pop3] login_timeout = 2 bounds the time to log in, however the client keeps the
-    connection busy: whole CAPA lines (each answered) or single bytes."""
-    with Raw(inst, port) as r:
+    connection busy: whole CAPA lines (each answered) or single bytes; over TLS too, where
+    the server's goodbye (close_notify) goes unanswered."""
+    with Raw(inst, "pop3" if port == "stls" else port) as r:
         started = time.monotonic()
+        if port == "stls":
+            assert r.cmd("STLS").startswith(b"+OK")
+            r.sock = inst.tls_context().wrap_socket(r.sock, server_hostname="localhost")
         with pytest.raises(OSError):
             while time.monotonic() - started < 8:
                 r.send(trickle)
