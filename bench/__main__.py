@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if part == "smtp":
             from bench import smtp_inbound
             rows += smtp_inbound.measure(args.messages, args.sessions, details,
-                                         fsync_seconds=0.5 if args.quick else 3.0)
+                                         fsync_seconds=0.5 if args.quick else 3.0,
+                                         rounds=1 if args.quick else 3)
         elif part == "submission":
             from bench import submission
             rows += submission.measure(args.messages, args.submission_sessions, details)
