@@ -114,8 +114,8 @@ def test_postfix_550_bounces_to_the_senders_inbox(setup):
         if reports:
             break
         time.sleep(0.1)
-    [report] = reports
-    text = report.as_string()
+    assert len(reports) == 1, f"reports: {len(reports)}\n{inst.log()[-5000:]}\n{peer.log()[-3000:]}"
+    text = reports[0].as_string()
     assert "gone@remote.test" in text and "Action: failed" in text
     assert "550 5.1.1" in text  # Postfix's own words reach the sender
     assert "Subject: to nobody" in text
