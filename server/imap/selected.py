@@ -311,15 +311,18 @@ class Selected:
         and UIDs that are not here are ignored (RFC 3501 §6.4.8)."""
         if not self.uids:
             return []
+        # The intervals are sorted and disjoint, so the pairs come out in order, unique; each
+        # is one slice of the view zipped with its numbers (1:* names 100,000 at once).
+        out: list[tuple[int, int]] = []
         if uid:
-            # The intervals are sorted and disjoint, so the pairs come out in order, unique.
-            out: list[tuple[int, int]] = []
             for lo, hi in seqset.intervals(self.uids[-1]):
                 start = bisect.bisect_left(self.uids, lo)
                 stop = bisect.bisect_right(self.uids, hi)
                 out += zip(range(start + 1, stop + 1), self.uids[start:stop], strict=True)
             return out
-        return [(n, self.uids[n - 1]) for n in seqset.values(len(self.uids))]
+        for lo, hi in seqset.intervals(len(self.uids)):
+            out += zip(range(lo, hi + 1), self.uids[lo - 1:hi], strict=True)
+        return out
 
     # --- untagged updates ---
 
