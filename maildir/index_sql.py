@@ -337,6 +337,17 @@ def update_files(conn: sqlite3.Connection, folder_id: int, rows: Iterable[MsgRow
     )
 
 
+def update_flags(
+    conn: sqlite3.Connection, folder_id: int, modseq: int, rows: Iterable[MsgRow]
+) -> None:
+    """``update_files`` for rows whose keywords and subdir are what they were: only their
+    modseq, flags and name are written."""
+    conn.executemany(
+        "UPDATE messages SET modseq = ?, flags = ?, name = ? WHERE folder = ? AND uid = ?",
+        [(modseq, r.flags, r.name, folder_id, r.uid) for r in rows],
+    )
+
+
 def delete_messages(
     conn: sqlite3.Connection, folder_id: int, uids: Sequence[int], modseq: int
 ) -> None:

@@ -57,6 +57,8 @@ def test_an_index_failure_leaves_the_renamed_files_for_the_next_sync(folder, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sql, "update_files", failing)
+    monkeypatch.setattr(sql, "update_flags", lambda conn, folder_id, modseq, rows:
+                        failing(conn, folder_id, rows))
     before = folder.highestmodseq
     with pytest.raises(OSError):
         folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
