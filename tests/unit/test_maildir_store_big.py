@@ -87,3 +87,14 @@ def test_rename_failure_reaches_the_caller_and_nothing_is_recorded(folder, monke
     monkeypatch.undo()
     assert folder.highestmodseq == before  # the transaction rolled back
     assert len(folder.sync(full=True).changed) == 7  # the seven renamed files
+
+
+def test_rows_keeping_and_changing_keywords_in_one_store_are_both_recorded(folder):
+    folder.store_flags(range(1, N // 2 + 1), {"$Work"}, "add")
+    # Half keep their keywords (only flags and name written), half gain one (all columns).
+    changed, _ = folder.store_flags(range(1, N + 1), {"\\Flagged", "$Work"}, "add")
+    assert len(changed) == N
+    assert all(i.flags == {"\\Flagged", "$Work"} for i in folder.messages())
+    assert folder.sync(full=True).changed == []
+    assert sorted(folder.paths(range(1, N + 1)).values()) == \
+        sorted(str(folder.directory / "cur" / n) for n in names(folder))
