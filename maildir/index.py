@@ -111,6 +111,8 @@ class MailboxIndex:
         self._conns: list[sqlite3.Connection] = []  # all open: lent and idle
         self._idle: list[sqlite3.Connection] = []
         self._folders: dict[str, FolderIndex] = {}
+        # A big write left its WAL checkpoint for checkpoint(), to be run off the reply path.
+        self.checkpoint_due = False
         sql.prepare(self.db_path, check=check)
 
     def _conn(self) -> sqlite3.Connection:
@@ -163,6 +165,12 @@ class MailboxIndex:
                 folder = self._folders[canonical] = FolderIndex(self, canonical, path)
         folder._ensure_open()
         return folder
+
+    def checkpoint(self) -> None:
+        """The WAL checkpoint a big write left undone (``checkpoint_due``), if still due."""
+        if self.checkpoint_due:
+            self.checkpoint_due = False
+            sql.checkpoint(self._conn())
 
     @without_connection
     def is_current(self, folder: FolderIndex) -> bool:

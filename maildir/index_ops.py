@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from maildir.index import FolderIndex
 
 MODES = ("add", "remove", "replace")
+# Rows from which a STORE leaves the WAL checkpoint to MailboxIndex.checkpoint().
+DEFER_CHECKPOINT_ROWS = 2000
 
 
 def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:
@@ -99,7 +101,9 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         moved = _renames(fi, plan, mode, arg_bits, arg_kws)
         if not moved:
             return [], failed
-        with sql.write_txn(conn):
+        # A STORE on thousands leaves the WAL checkpoint to the caller (see write_txn).
+        defer = len(moved) >= DEFER_CHECKPOINT_ROWS
+        with sql.write_txn(conn, checkpoint=not defer):
             modseq = fi._allocate_modseq(conn, row)
             done = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
                                "cur", name) for r, bits, text, name in moved]
@@ -115,6 +119,7 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
                 values.update(own_change_record(fi, row.cur_recheck))
             sql.update_folder(conn, row.id, **values)
         fi._after_commit(row.version, _moved_rows(done))
+    fi.index.checkpoint_due |= defer
     return done, failed
 
 
