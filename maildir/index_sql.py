@@ -283,6 +283,7 @@ def message_rows(
     "remove:BITS") leaves out rows that adding or removing those flag bits would not change
     (in SQLite, on a scan of a big folder: STORE 1:* +FLAGS \\Seen reads only the unseen)."""
     wanted = sorted(set(uids))
+    make = MsgRow._make  # from the row as it is, without unpacking it into nine arguments
     query = f"SELECT {MSG_COLUMNS} FROM messages WHERE folder = ?"
     if len(wanted) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
         keep = set(wanted)
@@ -292,12 +293,12 @@ def message_rows(
             query += " AND flags & ? != ?" if mode == "add" else " AND flags & ? != 0"
             params += (int(bits), int(bits)) if mode == "add" else (int(bits),)
         rows = conn.execute(query + " ORDER BY uid", params)
-        return [MsgRow(*row) for row in rows if row[0] in keep]
+        return [make(row) for row in rows if row[0] in keep]
     result: list[MsgRow] = []
     for part in chunks(wanted):
         marks, params = in_list(part)
         cursor = conn.execute(f"{query} AND uid IN ({marks}) ORDER BY uid", (folder_id, *params))
-        result.extend(MsgRow(*row) for row in cursor)
+        result.extend(map(make, cursor))
     return result
 
 

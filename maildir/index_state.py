@@ -117,11 +117,12 @@ class KnownFiles:
         ``name``), in one loop: a STORE on a whole folder renames tens of thousands."""
         bases, by_dir = self.bases, self.by_dir
         for r in rows:
-            old = bases.get(r.base)
+            uid, base, subdir, name = r.uid, r.base, r.subdir, r.name
+            old = bases.get(base)
             if old is not None:
                 by_dir[old[1]].pop(old[2], None)
-            by_dir[r.subdir][r.name] = r.uid
-            bases[r.base] = (r.uid, r.subdir, r.name)
+            by_dir[subdir][name] = uid
+            bases[base] = (uid, subdir, name)
 
 
 def locate(fi: FolderState, base: str) -> tuple[str, str] | None:
