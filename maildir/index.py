@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from maildir import index_copy, index_ops
+from maildir import gcpause, index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
@@ -397,11 +397,14 @@ class FolderIndex(FolderCache, FolderState):
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
         ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword)."""
-        rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
-        return [
-            MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date, r.modseq)
-            for r in rows
-        ], failed
+        uids = list(uids)
+        with gcpause.paused(len(uids)):
+            rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
+            return [
+                MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date,
+                            r.modseq)
+                for r in rows
+            ], failed
 
     def append(
         self, data: bytes, flags: Iterable[str] = (), internal_date: float | datetime | None = None
