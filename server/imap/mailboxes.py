@@ -57,7 +57,11 @@ class MailboxCommands:
                 log.warning("conn=%s background %s failed: %r", conn_id, func.__name__,
                             future.exception())
 
-        self.ctx.executor.submit(func, *args).add_done_callback(done)
+        try:
+            future = self.ctx.executor.submit(func, *args)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            return
+        future.add_done_callback(done)
 
     @property
     def root(self):
