@@ -282,11 +282,10 @@ def message_rows(
     """Rows of the given UIDs that exist, in UID order. ``flags_unlike`` ("add:BITS" or
     "remove:BITS") leaves out rows that adding or removing those flag bits would not change
     (in SQLite, on a scan of a big folder: STORE 1:* +FLAGS \\Seen reads only the unseen)."""
-    wanted = sorted(set(uids))
+    keep = set(uids)
     make = MsgRow._make  # from the row as it is, without unpacking it into nine arguments
     query = f"SELECT {MSG_COLUMNS} FROM messages WHERE folder = ?"
-    if len(wanted) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
-        keep = set(wanted)
+    if len(keep) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
         params: tuple = (folder_id,)
         if flags_unlike:
             mode, bits = flags_unlike.split(":")
@@ -295,7 +294,7 @@ def message_rows(
         rows = conn.execute(query + " ORDER BY uid", params)
         return [make(row) for row in rows if row[0] in keep]
     result: list[MsgRow] = []
-    for part in chunks(wanted):
+    for part in chunks(sorted(keep)):
         marks, params = in_list(part)
         cursor = conn.execute(f"{query} AND uid IN ({marks}) ORDER BY uid", (folder_id, *params))
         result.extend(map(make, cursor))
