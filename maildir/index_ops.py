@@ -118,7 +118,7 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
             if cur_fresh:
                 values.update(own_change_record(fi, row.cur_recheck))
             sql.update_folder(conn, row.id, **values)
-        fi._after_commit(row.version, _moved_rows(done))
+        fi._after_commit(row.version, _moved_rows(done), defer=True)
     fi.index.checkpoint_due |= defer
     return done, failed
 
