@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from maildir import index_copy, index_ops
+from maildir import gcpause, index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
@@ -111,6 +111,8 @@ class MailboxIndex:
         self._conns: list[sqlite3.Connection] = []  # all open: lent and idle
         self._idle: list[sqlite3.Connection] = []
         self._folders: dict[str, FolderIndex] = {}
+        # A big write left its WAL checkpoint for checkpoint(), to be run off the reply path.
+        self.checkpoint_due = False
         sql.prepare(self.db_path, check=check)
 
     def _conn(self) -> sqlite3.Connection:
@@ -163,6 +165,12 @@ class MailboxIndex:
                 folder = self._folders[canonical] = FolderIndex(self, canonical, path)
         folder._ensure_open()
         return folder
+
+    def checkpoint(self) -> None:
+        """The WAL checkpoint a big write left undone (``checkpoint_due``), if still due."""
+        if self.checkpoint_due:
+            self.checkpoint_due = False
+            sql.checkpoint(self._conn())
 
     @without_connection
     def is_current(self, folder: FolderIndex) -> bool:
@@ -389,11 +397,14 @@ class FolderIndex(FolderCache, FolderState):
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
         ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword)."""
-        rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
-        return [
-            MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date, r.modseq)
-            for r in rows
-        ], failed
+        uids = list(uids)
+        with gcpause.paused(len(uids)):
+            rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
+            return [
+                MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date,
+                            r.modseq)
+                for r in rows
+            ], failed
 
     def append(
         self, data: bytes, flags: Iterable[str] = (), internal_date: float | datetime | None = None

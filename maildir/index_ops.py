@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from maildir.index import FolderIndex
 
 MODES = ("add", "remove", "replace")
+# Rows from which a STORE leaves the WAL checkpoint to MailboxIndex.checkpoint().
+DEFER_CHECKPOINT_ROWS = 2000
 
 
 def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:
@@ -80,10 +82,10 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         if system_only:
             # Adding or removing system flags only (STORE 1:* +FLAGS \Seen): keywords stay
             # as they are, and rows already as asked are skipped without parsing anything.
-            for r in rows:
-                bits = r.flags | arg_bits if mode == "add" else r.flags & ~arg_bits
-                if bits != r.flags and r.uid not in skip:
-                    plan.append((r, bits, r.keywords))
+            keep = ~arg_bits if mode == "remove" else -1
+            add = arg_bits if mode == "add" else 0
+            plan = [(r, bits, r.keywords) for r in rows
+                    if (bits := (r.flags | add) & keep) != r.flags and r.uid not in skip]
         else:
             for r in rows:
                 if r.uid in skip:
@@ -96,50 +98,80 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince):
         if not plan:
             return [], failed
         fi._keywords.assign(arg_kws)
-        moved = list(_renames(fi, plan, mode, arg_bits, arg_kws))
+        moved = _renames(fi, plan, mode, arg_bits, arg_kws)
         if not moved:
             return [], failed
-        with sql.write_txn(conn):
+        # A STORE on thousands leaves the WAL checkpoint to the caller (see write_txn).
+        defer = len(moved) >= DEFER_CHECKPOINT_ROWS
+        with sql.write_txn(conn, checkpoint=not defer):
             modseq = fi._allocate_modseq(conn, row)
             done = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
                                "cur", name) for r, bits, text, name in moved]
-            sql.update_files(conn, row.id, done)
+            # Most rows keep their keywords and stay in cur/: for them only flags and name
+            # change (three columns to write instead of five, a quarter less time at 30,000).
+            same, other = [], []
+            for d, (r, _, text, _) in zip(done, moved, strict=True):
+                (same if r.keywords == text and r.subdir == "cur" else other).append(d)
+            sql.update_flags(conn, row.id, modseq, same)
+            sql.update_files(conn, row.id, other)
             values = {"highestmodseq": modseq, "version": row.version + 1}
             if cur_fresh:
                 values.update(own_change_record(fi, row.cur_recheck))
             sql.update_folder(conn, row.id, **values)
-        fi._after_commit(row.version, _moved_rows(done))
+        fi._after_commit(row.version, _moved_rows(done), defer=True)
+    fi.index.checkpoint_due |= defer
     return done, failed
 
 
-def _renames(fi: FolderIndex, plan, mode, arg_bits, arg_kws):
-    """Rename each planned file to its new flags; yields (row, bits, keywords, new name)."""
-    directory = str(fi.directory)
+def _renames(fi: FolderIndex, plan, mode, arg_bits, arg_kws) -> list[tuple]:
+    """Rename each planned file to its new flags; (row, bits, keywords, new name) of each.
+
+    Relative to descriptors of cur/ and new/ (renameat): the kernel then does not walk the
+    folder's path again for each of 30,000 files, and Python encodes names, not paths."""
     infos: dict[tuple[int, str], str] = {}  # a STORE of many gives them few infos
-    for r, bits, text in plan:
-        info = infos.get((bits, text))
-        if info is None:
-            info = infos[bits, text] = info_name("", _letters(fi, bits, split_keywords(text)))
-        new_name = r.name.partition(":")[0] + info
-        try:
-            os.rename(f"{directory}/{r.subdir}/{r.name}", f"{directory}/cur/{new_name}")
-        except FileNotFoundError:
-            where = locate(fi, r.base)
-            if where is None:
-                continue  # deleted by another program: the next sync() expunges it
-            # Renamed by another program: apply the STORE to the flags it has now.
-            letters = split_name(where[1])[3]
-            now_kws = fi._keywords.names_of(letters) | {
-                k for k in split_keywords(r.keywords) if not fi._keywords.has_letter(k)
-            }
-            bits, kws = _apply_mode(mode, bits_of_letters(letters), now_kws, arg_bits, arg_kws)
-            text = join_keywords(kws)
-            new_name = info_name(where[1], _letters(fi, bits, kws))
+    moved = []
+    fds = {subdir: os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+           for subdir, path in zip(("new", "cur"), fi._subdir_paths, strict=True)}
+    cur = fds["cur"]
+    rename = os.rename
+    try:
+        for r, bits, text in plan:
+            info = infos.get((bits, text))
+            if info is None:
+                info = infos[bits, text] = info_name("", _letters(fi, bits, split_keywords(text)))
+            new_name = r.name.partition(":")[0] + info
             try:
-                os.rename(fi.directory / where[0] / where[1], fi.directory / "cur" / new_name)
+                rename(r.name, new_name, src_dir_fd=fds[r.subdir], dst_dir_fd=cur)
             except FileNotFoundError:
-                continue
-        yield r, bits, text, new_name
+                found = _renamed_elsewhere(fi, r, mode, arg_bits, arg_kws)
+                if found is None:
+                    continue
+                bits, text, new_name = found
+            moved.append((r, bits, text, new_name))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return moved
+
+
+def _renamed_elsewhere(fi: FolderIndex, r, mode, arg_bits, arg_kws):
+    """(bits, keywords, new name) after renaming a file another program renamed first, or
+    None if it is gone (deleted by another program: the next sync() expunges it)."""
+    where = locate(fi, r.base)
+    if where is None:
+        return None
+    # Renamed by another program: apply the STORE to the flags it has now.
+    letters = split_name(where[1])[3]
+    now_kws = fi._keywords.names_of(letters) | {
+        k for k in split_keywords(r.keywords) if not fi._keywords.has_letter(k)
+    }
+    bits, kws = _apply_mode(mode, bits_of_letters(letters), now_kws, arg_bits, arg_kws)
+    new_name = info_name(where[1], _letters(fi, bits, kws))
+    try:
+        os.rename(fi.directory / where[0] / where[1], fi.directory / "cur" / new_name)
+    except FileNotFoundError:
+        return None
+    return bits, join_keywords(kws), new_name
 
 
 def _moved_rows(rows: list[sql.MsgRow]):

@@ -5,6 +5,7 @@ LSUB, STATUS and APPEND (with MULTIAPPEND, RFC 3502, and UIDPLUS's APPENDUID, RF
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 
@@ -17,6 +18,7 @@ from server.imap.selected import Selected
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Keywords clients rely on (RFC 5788 registry, Thunderbird and Apple Mail junk handling).
 WELL_KNOWN_KEYWORDS = ("$Forwarded", "$Junk", "$NotJunk", "$MDNSent", "$Phishing")
+log = logging.getLogger("mailstead.imap")
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
                 "HIGHESTMODSEQ")
 
@@ -44,6 +46,22 @@ class MailboxCommands:
 
     async def io(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, func, *args)
+
+    def in_background(self, func, *args) -> None:
+        """Run ``func`` in a worker thread without waiting: work the reply must not wait for
+        (a WAL checkpoint). A failure is logged; the next commit redoes a checkpoint."""
+        conn_id = self.conn_id
+
+        def done(future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("conn=%s background %s failed: %r", conn_id, func.__name__,
+                            future.exception())
+
+        try:
+            future = self.ctx.executor.submit(func, *args)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            return
+        future.add_done_callback(done)
 
     @property
     def root(self):

@@ -156,6 +156,8 @@ class MessageCommands:
         sel.stored(changed)
         if changed:
             self.notify(sel.name)
+        if sel.folder.index.checkpoint_due:
+            self.in_background(sel.folder.index.checkpoint)
         if not args.silent and not sel.condstore and not failed:
             # RFC 3501 §6.4.6: the new flags of every message named, changed or not; from
             # the view (which has them all now), a batch of lines per chunk.

@@ -259,12 +259,16 @@ class Selected:
         session's, nothing else changed the folder in between: the view is then current at
         the STORE's MODSEQ, and the poll after the command need not read the changed rows
         back (30,000 of them for STORE 1:* +FLAGS \\Seen on a big folder)."""
-        uids, sets = self.uids, self.flag_sets
+        uids, ids, count = self.uids, self.flag_sets.ids, len(self.uids)
+        fids: dict[frozenset, int] = {}  # the STORE gave its 30,000 messages a few flag sets
         i = 0
         for info in changed:
             i = bisect.bisect_left(uids, info.uid, i)
-            if i < len(uids) and uids[i] == info.uid:
-                sets[i] = info.flags
+            if i < count and uids[i] == info.uid:
+                fid = fids.get(info.flags)
+                if fid is None:
+                    fid = fids[info.flags] = _flag_id(frozenset(info.flags))
+                ids[i] = fid
         modseqs = {info.modseq for info in changed}
         if len(modseqs) == 1 and modseqs == {self.modseq + 1}:
             self.modseq += 1
@@ -311,15 +315,18 @@ class Selected:
         and UIDs that are not here are ignored (RFC 3501 §6.4.8)."""
         if not self.uids:
             return []
+        # The intervals are sorted and disjoint, so the pairs come out in order, unique; each
+        # is one slice of the view zipped with its numbers (1:* names 100,000 at once).
+        out: list[tuple[int, int]] = []
         if uid:
-            # The intervals are sorted and disjoint, so the pairs come out in order, unique.
-            out: list[tuple[int, int]] = []
             for lo, hi in seqset.intervals(self.uids[-1]):
                 start = bisect.bisect_left(self.uids, lo)
                 stop = bisect.bisect_right(self.uids, hi)
                 out += zip(range(start + 1, stop + 1), self.uids[start:stop], strict=True)
             return out
-        return [(n, self.uids[n - 1]) for n in seqset.values(len(self.uids))]
+        for lo, hi in seqset.intervals(len(self.uids)):
+            out += zip(range(lo, hi + 1), self.uids[lo - 1:hi], strict=True)
+        return out
 
     # --- untagged updates ---
 

@@ -177,3 +177,13 @@ def selected_seqset(text: str):
     from server.imap.grammar.seqset import parse_sequence_set
 
     return parse_sequence_set(text)
+
+
+@pytest.mark.parametrize("text", ["1:*", "*", "3", "2:4,1,9:7", "5:*,1:2", "*:4", "20:30", "4:20"])
+def test_select_by_sequence_numbers_names_each_message_once_in_order(text):
+    view = Selected(None, "INBOX", readonly=False, condstore=False)
+    view.uids.extend([3, 5, 8, 9, 12, 20, 21, 40, 41])
+    n = len(view.uids)
+    reference = [(seq, view.uids[seq - 1]) for seq in selected_seqset(text).values(n)]
+    assert view.select(selected_seqset(text), uid=False) == reference
+    assert [seq for seq, _ in reference] == sorted({seq for seq, _ in reference})

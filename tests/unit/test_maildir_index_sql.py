@@ -142,3 +142,48 @@ def test_a_bulk_insert_while_the_connection_is_reading_keeps_the_indexes(tmp_pat
     assert _schema(conn) == before
     assert conn.execute("SELECT count(*) FROM messages").fetchone() == (50,)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_commit_without_checkpoint_leaves_the_wal_for_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(sql, "AUTOCHECKPOINT", 1)  # an ordinary commit then always does it
+    path = tmp_path / sql.DB_NAME
+    sql.prepare(path)
+    conn = sql.connect(path)
+    conn.execute(f"PRAGMA wal_autocheckpoint = {sql.AUTOCHECKPOINT}")
+    blob = b"x" * 200_000
+
+    def insert(uid: int, checkpoint: bool) -> int:
+        with sql.write_txn(conn, checkpoint=checkpoint):
+            conn.execute("INSERT INTO messages VALUES (1, ?, 1, 0, '', 1, 1, ?, 'cur', ?)",
+                         (uid, f"b{uid}", f"b{uid}:2,"))
+            sql.put_cache(conn, 1, "k", [(uid, blob)])
+        return path.stat().st_size
+
+    before = path.stat().st_size
+    assert insert(1, checkpoint=True) > before + len(blob)  # copied into the file at COMMIT
+    size = insert(2, checkpoint=False)
+    assert size == path.stat().st_size < insert(3, checkpoint=True) - len(blob)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1  # restored
+    size = insert(4, checkpoint=False)
+    sql.checkpoint(conn)
+    assert path.stat().st_size > size + len(blob)
+    conn.close()
+
+
+def test_a_big_store_leaves_its_checkpoint_due_until_checkpoint(tmp_path, monkeypatch):
+    from maildir import index_ops
+
+    monkeypatch.setattr(index_ops, "DEFER_CHECKPOINT_ROWS", 5)
+    root = tmp_path / "u"
+    create_maildir(root, folders=())
+    for i in range(8):
+        deliver([Delivery(root, [b"Subject: %d\r\n\r\nbody\r\n" % i])])
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        inbox.store_flags([1, 2], {"\\Seen"}, "add")
+        assert not mi.checkpoint_due
+        inbox.store_flags(range(1, 9), {"\\Flagged"}, "add")
+        assert mi.checkpoint_due
+        mi.checkpoint()
+        assert not mi.checkpoint_due
+        assert all("\\Flagged" in i.flags for i in inbox.messages())

@@ -57,6 +57,8 @@ def test_an_index_failure_leaves_the_renamed_files_for_the_next_sync(folder, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sql, "update_files", failing)
+    monkeypatch.setattr(sql, "update_flags", lambda conn, folder_id, modseq, rows:
+                        failing(conn, folder_id, rows))
     before = folder.highestmodseq
     with pytest.raises(OSError):
         folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
@@ -85,3 +87,48 @@ def test_rename_failure_reaches_the_caller_and_nothing_is_recorded(folder, monke
     monkeypatch.undo()
     assert folder.highestmodseq == before  # the transaction rolled back
     assert len(folder.sync(full=True).changed) == 7  # the seven renamed files
+
+
+def test_rows_keeping_and_changing_keywords_in_one_store_are_both_recorded(folder):
+    folder.store_flags(range(1, N // 2 + 1), {"$Work"}, "add")
+    # Half keep their keywords (only flags and name written), half gain one (all columns).
+    changed, _ = folder.store_flags(range(1, N + 1), {"\\Flagged", "$Work"}, "add")
+    assert len(changed) == N
+    assert all(i.flags == {"\\Flagged", "$Work"} for i in folder.messages())
+    assert folder.sync(full=True).changed == []
+    assert sorted(folder.paths(range(1, N + 1)).values()) == \
+        sorted(str(folder.directory / "cur" / n) for n in names(folder))
+
+
+def known_matches_index(fi) -> bool:
+    from maildir.index_state import KnownFiles
+
+    known = fi._known
+    known.catch_up()
+    with fi.index.connection() as conn:
+        loaded = KnownFiles.load(conn, known.folder_id, known.version)
+    return (known.by_dir, known.bases) == (loaded.by_dir, loaded.bases)
+
+
+def test_the_file_list_takes_in_a_store_when_next_read_and_in_commit_order(folder, monkeypatch):
+    from maildir import index_state
+
+    folder.sync(full=True)  # loads the in-memory file list
+    folder.store_flags(range(1, N + 1), {"\\Seen"}, "add")
+    assert len(folder._known.pending) == 1  # not applied yet...
+    assert folder.sync(full=True).changed == []  # ...but before the listing reads it
+    assert folder._known.pending == [] and known_matches_index(folder)
+    # No listing in between from here on (as when the folder's directories look unchanged).
+    monkeypatch.setattr(folder, "_sync_before_change", lambda full=False: None)
+    # An expunge after a deferred STORE is applied after it, not before.
+    folder.store_flags([1, 2, 3], {"\\Deleted"}, "add")
+    assert len(folder._known.pending) == 1
+    assert folder.expunge([2, 3], only_deleted=True) == [2, 3]
+    assert known_matches_index(folder)
+    # Nothing reading the list: the kept changes are applied once there are MAX_PENDING.
+    monkeypatch.setattr(index_state, "MAX_PENDING", 3)
+    for flag in ("\\Flagged", "\\Answered", "\\Draft"):
+        folder.store_flags([1, 4], {flag}, "add")
+    assert folder._known.pending == [] and known_matches_index(folder)
+    monkeypatch.undo()
+    assert folder.sync(full=True).changed == []
