@@ -59,6 +59,7 @@ from maildir import index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
+from maildir.index_dates import dated, read_dates
 from maildir.index_state import MODSEQ_BLOCK, FolderState
 from maildir.index_sync import SyncResult, dir_fresh, sync_folder
 from maildir.index_types import (
@@ -272,36 +273,48 @@ class FolderIndex(FolderCache, FolderState):
 
     # -- reading -------------------------------------------------------------------------
 
-    def messages(self) -> list[MessageInfo]:
-        """All messages in UID order (one SELECT)."""
-        return _infos(sql.info_rows(self._conn(), self._id))
+    def messages(self, dates: bool = True) -> list[MessageInfo]:
+        """All messages in UID order (one SELECT).  ``dates=False``: internal dates not
+        read yet stay None (POP3 and SEARCH without a date key have no use for them, and
+        reading them costs a stat() per message the first time; see index_dates)."""
+        rows = list(sql.info_rows(self._conn(), self._id))
+        return _infos(dated(self, rows, 4) if dates else rows)
 
     def uids(self) -> list[int]:
         query = "SELECT uid FROM messages WHERE folder = ? ORDER BY uid"
         return [uid for (uid,) in self._conn().execute(query, (self._id,))]
 
     def get(self, uid: int) -> MessageInfo | None:
-        infos = _infos(sql.info_rows(self._conn(), self._id, uid=uid))
+        infos = _infos(dated(self, list(sql.info_rows(self._conn(), self._id, uid=uid)), 4))
         return infos[0] if infos else None
 
     def get_many(self, uids: Iterable[int]) -> dict[int, MessageInfo]:
         """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID."""
-        return {info.uid: info for info in _infos(sql.info_rows_of(self._conn(), self._id, uids))}
+        rows = dated(self, sql.info_rows_of(self._conn(), self._id, uids), 4)
+        return {info.uid: info for info in _infos(rows)}
 
     def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
         """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both."""
         directory = str(self.directory)
         infos, paths = {}, {}
-        for r in sql.message_rows(self._conn(), self._id, uids):
+        rows = sql.message_rows(self._conn(), self._id, uids)
+        unknown = [r.uid for r in rows if r.internal_date is None]
+        dates = read_dates(self, unknown) if unknown else {}
+        for r in rows:
+            date = dates.get(r.uid) if r.internal_date is None else r.internal_date
+            if date is None:
+                continue  # its file is gone: expunged by the sync read_dates ran
             infos[r.uid] = MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size,
-                                       r.internal_date, r.modseq)
+                                       date, r.modseq)
+            # A path is stale if that sync found the file renamed; a read finds it again.
             paths[r.uid] = f"{directory}/{r.subdir}/{r.name}"
         return infos, paths
 
     def changes_since(self, modseq: int) -> Changes:
         """Messages with MODSEQ > ``modseq`` and UIDs expunged after it, with the folder's
         HIGHESTMODSEQ and UIDNEXT, all from one snapshot.  ``changes_since(0)`` is the
-        whole folder (SELECT); a session passes its last HIGHESTMODSEQ to poll."""
+        whole folder (SELECT); a session passes its last HIGHESTMODSEQ to poll.  Internal
+        dates not read yet are None here: a poll wants flags (see index_dates)."""
         conn = self._conn()
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
@@ -388,7 +401,8 @@ class FolderIndex(FolderCache, FolderState):
     ) -> tuple[list[MessageInfo], list[int]]:
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
-        ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword)."""
+        ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword).
+        Internal dates not read yet are None, as in ``changes_since``."""
         rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
         return [
             MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date, r.modseq)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 DB_NAME = "mailstead-index.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Another process (the admin CLI) or another folder's writer may hold the write lock for a
 # moment; SQLite's busy handler waits this long before giving up with "database is locked".
@@ -47,6 +47,8 @@ _SCHEMA = (
         new_recheck INTEGER NOT NULL DEFAULT -1,
         cur_mtime INTEGER NOT NULL DEFAULT -1,
         cur_recheck INTEGER NOT NULL DEFAULT -1)""",
+    # internal_date NULL: not read yet.  A sync takes no stat() of a file whose name gives
+    # its size; the date (its mtime) is read when a command needs it (schema 3, index_dates).
     """CREATE TABLE messages (
         folder INTEGER NOT NULL,
         uid INTEGER NOT NULL,
@@ -54,7 +56,7 @@ _SCHEMA = (
         flags INTEGER NOT NULL,
         keywords TEXT NOT NULL,
         size INTEGER NOT NULL,
-        internal_date INTEGER NOT NULL,
+        internal_date INTEGER,
         base TEXT NOT NULL,
         subdir TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -102,7 +104,7 @@ class MsgRow(NamedTuple):
     flags: int
     keywords: str
     size: int
-    internal_date: int
+    internal_date: int | None  # None: not read from the file yet
     base: str
     subdir: str
     name: str

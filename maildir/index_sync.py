@@ -3,8 +3,9 @@
 Cost model.  A directory is listed only when its mtime (ns) differs from the one recorded at
 the last sync, so an unchanged folder costs two stat() calls and one SELECT.  A listing is
 compared by file name with an in-memory copy of the folder's rows (``KnownFiles``), so only
-names that appeared or vanished are parsed, and only appeared files are stat()ed (for the
-internal date); message bodies are never read.
+names that appeared or vanished are parsed.  Files are not stat()ed: the listing tells
+regular files from the rest, names give sizes, and internal dates are read later, when a
+command asks (index_dates); message bodies are never read.
 
 When an mtime can be trusted.  Directory mtimes have a granularity (a clock tick on older
 kernels, a second on some filesystems), so a change in the same tick as our look leaves
@@ -29,8 +30,15 @@ from itertools import repeat
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
-from maildir.index_adds import move_fresh_to_cur, stat_new_files
-from maildir.index_state import KnownFiles, info_name, letters_of_info, split_name, usual_name
+from maildir.index_adds import move_fresh_to_cur, new_rows
+from maildir.index_state import (
+    KnownFiles,
+    info_name,
+    letters_of_info,
+    order_of,
+    split_name,
+    usual_name,
+)
 from maildir.keywords import bits_of_letters, join_keywords, split_keywords
 from maildir.naming import new_unique_name
 
@@ -161,8 +169,12 @@ class _Pass:
         self.fresh_in_new: list[str] = []  # bases of the ``fresh`` files met in new/
 
     def _list(self, subdir: str) -> None:
-        names = os.listdir(self.fi.directory / subdir)
-        self.listed[subdir] = [n for n in names if not n.startswith(".")]
+        # scandir, not listdir: each name comes with its type (d_type), so a directory, FIFO
+        # or socket in cur/ never becomes a message, without a stat() per name.  is_file()
+        # stats only a symlink (followed, as open() will) or where the filesystem does not
+        # give types.
+        with os.scandir(self.fi.directory / subdir) as entries:
+            self.listed[subdir] = [e.name for e in entries if e.name[0] != "." and e.is_file()]
 
     def run(self, todo: list[str], result: SyncResult) -> bool:
         for subdir in DIRS:  # new/ first: a message moving to cur/ meanwhile is seen twice
@@ -197,9 +209,9 @@ class _Pass:
         """Pair appeared names with known messages by base: renames; the rest are new.
 
         Returns ``found``, the renames and the files that need care, and ``fresh``, the
-        plain new files: base -> ``(base, subdir, name, size, letters)``, as
-        ``stat_new_files`` takes them.  In a first sync that is every file, so they are kept
-        as plain tuples, from one regex match each.
+        plain new files: base -> ``(base, subdir, name, size, letters, seconds,
+        microseconds)``, as ``new_rows`` takes them.  In a first sync that is every file,
+        so they are kept as plain tuples, from one regex match each.
         """
         found: dict[str, _Found] = {}
         fresh: dict[str, tuple] = {}
@@ -209,10 +221,11 @@ class _Pass:
             for name in names:
                 match = usual_name(name)
                 if match is not None:
-                    base, size, vsize, info = match.groups()
+                    base, secs, usecs, size, vsize, info = match.groups()
                     if not (base in gone or base in found or base in fresh or base in known_bases):
                         size = int(vsize) if vsize else int(size) if size else None
-                        fresh[base] = (base, subdir, name, size, letters_of_info(info))
+                        fresh[base] = (base, subdir, name, size, letters_of_info(info),
+                                       int(secs) if secs else 0, int(usecs) if usecs else 0)
                         if in_new is not None:
                             in_new.append(base)
                         continue
@@ -226,7 +239,7 @@ class _Pass:
         size = vsize if vsize is not None else size
         entry = _Found(gone.pop(base, None), subdir, name, size, letters)
         if base in fresh:  # a plain new file until now, that has a twin
-            _, at, other, other_size, other_letters = fresh.pop(base)
+            _, at, other, other_size, other_letters, _, _ = fresh.pop(base)
             found[base] = _Found(None, at, other, other_size, other_letters)
         holder = found.get(base)
         known = self.known.bases.get(base)
@@ -300,16 +313,20 @@ class _Pass:
         fi._keywords.refresh()
         live = {b: e for b, e in found.items() if e.subdir is not None}
         adds = list(fresh.values())
-        adds += [(b, e.subdir, e.name, e.size, e.letters) for b, e in live.items() if e.uid is None]
-        new_rows, raced = stat_new_files(str(fi.directory), adds, fi._keywords)
+        adds += [
+            (b, e.subdir, e.name, e.size, e.letters, *order_of(b))
+            for b, e in live.items()
+            if e.uid is None
+        ]
+        rows, raced = new_rows(str(fi.directory), adds, fi._keywords)
         self.raced |= raced
         # By column from here: inserted and remembered by zip(), in C, not row by row.
-        columns = list(zip(*new_rows, strict=True)) or [()] * 8
-        _, names, subdirs, bases, sizes, dates, bits, kws = columns
+        columns = list(zip(*rows, strict=True)) or [()] * 9
+        _, _, bases, names, subdirs, sizes, dates, bits, kws = columns
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
-        uids = self._assign_uids(bases) if new_rows else []
-        if not (new_rows or updates or expunged):
+        uids = self._assign_uids(bases) if rows else []
+        if not (rows or updates or expunged):
             # Only the directory records, and only if they differ: a sync that found
             # nothing new usually writes nothing.
             values = {k: v for k, v in dir_values.items() if getattr(row, k) != v}
@@ -320,7 +337,7 @@ class _Pass:
         with sql.write_txn(conn):
             values = dict(dir_values)
             modseq = None
-            if new_rows or flag_changes or expunged:
+            if rows or flag_changes or expunged:
                 modseq = fi._allocate_modseq(conn, row)
                 values["highestmodseq"] = modseq
             flagged = set(flag_changes)

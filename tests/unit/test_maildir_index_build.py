@@ -1,9 +1,11 @@
 """maildir.index_sync: the first sync of a folder (its whole cur/ at once) against an oracle.
 
-A first sync takes every plain cur/ name by one regex into a tuple, stats it and inserts
-by column (index_sync ``fresh``); names that need care (new/, twins, unusual shapes) go the
-way of renames.  Whatever the path, a message must get the row parse_name and stat() say,
-and its UID in (mtime, name) order; files vanishing or renamed mid-build lose nothing.
+A first sync takes every plain cur/ name by one regex into a tuple and inserts by column
+(index_sync ``fresh``), with no stat() of a file whose name gives its size; names that need
+care (new/, twins, unusual shapes) go the way of renames.  Whatever the path, a message must
+get the row parse_name says, its UID in the order Dovecot gives (the seconds and microseconds
+in the name, then the name), and, once asked for, its mtime as internal date; files vanishing
+or renamed mid-build lose nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from maildir import create_maildir, parse_name
 from maildir.index import MailboxIndex
 from maildir.index_sql import DB_NAME
-from maildir.index_state import KnownFiles, usual_name
+from maildir.index_state import KnownFiles, order_of, usual_name
+from maildir.index_sync import _Pass
 from maildir.keywords import LETTER_BITS
 from maildir.uidlist import UIDLIST_NAME
 
@@ -50,6 +53,10 @@ def fill(root: Path, n: int, seed: int = 7) -> None:
     rnd = random.Random(seed)
     for k in range(n):
         base = f"{1700000000 + rnd.randrange(50)}.M{k}P9Q{k}R{k:04x}.host" + "é" * (k % 37 == 0)
+        if k % 11 == 0:  # no microseconds: only the seconds and the name order it
+            base = f"{1700000000 + rnd.randrange(50)}.P{k}Q{k}.host"
+        elif k % 13 == 0:  # no seconds either
+            base = f"x{k}.M{rnd.randrange(5)}.host"
         shape, info = rnd.choice(SHAPES), rnd.choice(INFOS)
         name = shape.format(b=base, s=100 + k, w=120 + k, i=info)
         subdir = "new" if k % 9 == 0 else "cur"
@@ -62,9 +69,28 @@ def fill(root: Path, n: int, seed: int = 7) -> None:
         os.utime(path, ns=(sec * 10**9, sec * 10**9 + nsec))
 
 
-def oracle(root: Path) -> list[tuple]:
+def dovecot_order(base: str) -> tuple[int, int, str]:
+    """maildir_filename_sort_cmp's keys, written out the way Dovecot's C reads them: the
+    leading digits, then the digits after the first "M" of the next dot-separated part."""
+    i, secs, usecs = 0, 0, 0
+    while i < len(base) and "0" <= base[i] <= "9":
+        secs, i = secs * 10 + int(base[i]), i + 1
+    if i < len(base) and base[i] == ".":
+        i += 1
+        while i < len(base) and base[i] not in ".:":
+            i += 1
+            if base[i - 1] == "M":
+                while i < len(base) and "0" <= base[i] <= "9":
+                    usecs, i = usecs * 10 + int(base[i]), i + 1
+                break
+    return secs, usecs, base
+
+
+def oracle(root: Path, dates: bool = False) -> list[tuple]:
     """(uid, flags, keywords, size, internal_date, base, name) of every message file now in
-    the folder, from parse_name and stat() alone: what the index must hold after a sync."""
+    the folder, from parse_name and stat() alone: what the index must hold after a sync.
+    The internal date is None where the name gives the size (not read yet), unless
+    ``dates``: after something asked for them."""
     files = []
     for name in os.listdir(root / "cur"):
         st = os.stat(root / "cur" / name)
@@ -74,11 +100,13 @@ def oracle(root: Path) -> list[tuple]:
         letters = parsed.flags
         bits = sum(bit for letter, bit in LETTER_BITS.items() if letter in letters)
         keywords = " ".join(sorted(KEYWORDS[ch] for ch in set(letters) if ch in KEYWORDS))
-        size = next(s for s in (parsed.vsize, parsed.size, st.st_size) if s is not None)
-        entry = (bits, keywords, size, int(st.st_mtime), parsed.base, name)
-        files.append((st.st_mtime_ns, name, entry))
+        named = next((s for s in (parsed.vsize, parsed.size) if s is not None), None)
+        size = st.st_size if named is None else named
+        date = int(st.st_mtime) if dates or named is None else None
+        entry = (bits, keywords, size, date, parsed.base, name)
+        files.append((dovecot_order(parsed.base), entry))
     files.sort()
-    return [(uid, *entry) for uid, (_, _, entry) in enumerate(files, start=1)]
+    return [(uid, *entry) for uid, (_, entry) in enumerate(files, start=1)]
 
 
 def stored(root: Path) -> list[tuple]:
@@ -102,6 +130,11 @@ def test_first_sync_of_every_name_shape_matches_the_oracle(root):
         assert len(expected) == 400
         assert stored(root) == expected
         assert inbox.uidnext == 401
+        assert {m.internal_date for m in inbox.messages(dates=False)} > {None}
+        # Asked for, every date is the file's mtime, and is stored.
+        dated = oracle(root, dates=True)
+        assert [m.internal_date for m in inbox.messages()] == [row[4] for row in dated]
+        assert stored(root) == dated
         # The file list kept in memory is the one a later process loads from the index.
         known = inbox._known
         with mi.connection() as conn:
@@ -150,9 +183,15 @@ def _stat_that(monkeypatch, act):
     monkeypatch.setattr("maildir.index_adds.os.stat", stat)
 
 
+def _sizeless(root: Path) -> list[str]:
+    """The cur/ names that give no size: the only files a sync stat()s."""
+    return [n for n in sorted(os.listdir(root / "cur"))
+            if parse_name(n).size is None and parse_name(n).vsize is None]
+
+
 def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
     fill(root, 100)
-    victim = sorted(os.listdir(root / "cur"))[40]
+    victim = _sizeless(root)[5]
     _stat_that(monkeypatch, lambda name: name == victim and os.unlink(root / "cur" / name))
     with MailboxIndex(root) as mi:
         inbox = mi.folder("INBOX")
@@ -164,7 +203,7 @@ def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
 
 def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypatch):
     fill(root, 100)
-    victim = next(n for n in sorted(os.listdir(root / "cur")) if n.endswith(":2,"))
+    victim = next(n for n in _sizeless(root) if n.endswith(":2,"))
     flagged = victim + "F"
 
     def rename(name):
@@ -181,6 +220,69 @@ def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypa
     assert [row[1:] for row in others] == [row[1:] for row in expected]
     assert [row[0] for row in others] == list(range(1, 100))
     assert last[0] == 100 and last[-1] == flagged and last[1] == LETTER_BITS["F"]
+
+
+def test_dates_of_files_renamed_or_deleted_since_the_sync(root):
+    """A date is read from the name the index has; a file another program renamed since
+    is found by a full sync, and one it deleted is left out (that sync expunges it)."""
+    fill(root, 60)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        first, *rows = stored(root)
+        renamed, deleted = [row for row in rows if row[4] is None][3:5]
+        flagged = renamed[-1].partition(":")[0] + ":2,F"
+        os.rename(root / "cur" / renamed[-1], root / "cur" / flagged)
+        os.unlink(root / "cur" / deleted[-1])
+        got = inbox.get_many([first[0], renamed[0], deleted[0]])
+        assert sorted(got) == [first[0], renamed[0]]
+        mtime = int(os.stat(root / "cur" / flagged).st_mtime)
+        assert got[renamed[0]].internal_date == mtime
+        assert inbox.get(deleted[0]) is None
+        assert inbox.sync().expunged == [deleted[0]]
+    now = {row[0]: row for row in stored(root)}
+    assert now[renamed[0]][4:] == (mtime, renamed[5], flagged)
+    assert now[first[0]][4] == int(os.stat(root / "cur" / first[-1]).st_mtime)
+
+
+def test_a_sized_file_deleted_during_the_first_sync_is_expunged_by_the_next(root, monkeypatch):
+    """Without a stat() a sync cannot tell a file deleted since the listing: it gets a UID
+    (as it would, deleted just after the sync), and the next sync expunges it."""
+    fill(root, 30)
+    victim = next(n for n in sorted(os.listdir(root / "cur")) if parse_name(n).vsize)
+    real = _Pass._list
+
+    def listed_then_deleted(self, subdir):
+        real(self, subdir)
+        if subdir == "cur" and (root / "cur" / victim).exists():
+            os.unlink(root / "cur" / victim)
+
+    monkeypatch.setattr(_Pass, "_list", listed_then_deleted)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 30
+        [uid] = [row[0] for row in stored(root) if row[-1] == victim]
+        monkeypatch.undo()
+        assert inbox.sync(full=True).expunged == [uid]
+        assert inbox.count == 29
+        assert stored(root) == oracle(root)[: uid - 1] + [
+            (u + 1, *row) for u, *row in oracle(root)[uid - 1 :]]
+
+
+def test_what_is_not_a_regular_file_is_no_message(root):
+    """The listing's file types (d_type) keep directories and FIFOs out, without a stat();
+    a symlink to a message counts, as its target does."""
+    fill(root, 10)
+    target = sorted(os.listdir(root / "cur"))[0]
+    (root / "cur" / "1700000001.M1P1.dir,S=10:2,S").mkdir()
+    os.mkfifo(root / "cur" / "1700000001.M2P1.fifo,S=10:2,S")
+    os.symlink(root / "cur" / target, root / "cur" / "1700000001.M3P1.link,S=10:2,S")
+    os.symlink(root / "nowhere", root / "cur" / "1700000001.M4P1.dangling,S=10:2,S")
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        names = {row[-1] for row in stored(root)}
+        assert "1700000001.M3P1.link,S=10:2,S" in names
+        assert not {"dir", "fifo", "dangling"} & {n.split(".")[2].split(",")[0] for n in names}
+        assert inbox.count == 11 + len(os.listdir(root / "new"))
 
 
 def test_bulk_added_file_list_equals_one_by_one():
@@ -206,7 +308,10 @@ def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
         return
     assert not any(ch in name for ch in "\n\r\udcff")
     parsed = parse_name(name)
-    assert match.groups() == (
+    base, secs, usecs, *rest = match.groups()
+    assert (int(secs or 0), int(usecs or 0), base) == dovecot_order(parsed.base)
+    assert order_of(base) == dovecot_order(base)[:2]
+    assert (base, *rest) == (
         parsed.base,
         None if parsed.size is None else str(parsed.size),
         None if parsed.vsize is None else str(parsed.vsize),
