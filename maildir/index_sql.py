@@ -13,6 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +28,10 @@ BUSY_TIMEOUT = 30.0
 CHUNK = 900
 # Rows from which an insert into an empty table builds the indexes afterwards (insert_rows).
 BULK_ROWS = 10_000
+# Page cache per connection (PRAGMA cache_size: negative is KiB), and for a transaction
+# that writes a folder's worth of rows: 100,000 messages make some 20 MiB of pages.
+CACHE = -512
+BIG_CACHE = -65536
 
 _TABLES = ("folders", "messages", "expunged", "cache", "fields")
 _SCHEMA = (
@@ -127,20 +132,32 @@ def connect(path: Path) -> sqlite3.Connection:
     # With reads mapped, each connection's private page cache only holds pages being written:
     # 512 KiB rather than SQLite's 2 MiB default, as there are a few connections per user
     # (hundreds on a busy server), each of which would grow its own to the limit.
-    conn.execute("PRAGMA cache_size=-512")
+    conn.execute(f"PRAGMA cache_size={CACHE}")
     return conn
 
 
 @contextmanager
-def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front, never upgrade mid-way."""
-    conn.execute("BEGIN IMMEDIATE")
+def write_txn(conn: sqlite3.Connection, big: bool = False) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front, never upgrade mid-way.
+
+    ``big``: the transaction writes a folder's worth of rows (a first sync).  Its pages
+    would not fit the small page cache (``connect``), so SQLite would spill them to the WAL
+    as it goes and read them back to build the indexes: the cache grows for the
+    transaction, and shrinks back (freeing the pages) after it.
+    """
+    if big:
+        conn.execute(f"PRAGMA cache_size={BIG_CACHE}")
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        if big:
+            conn.execute(f"PRAGMA cache_size={CACHE}")
 
 
 @contextmanager
@@ -307,19 +324,62 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple], count: int = 0)
     an error (a duplicate base fails CREATE UNIQUE INDEX as it would fail the insert) rolls
     it all back.  Not with rows there already: rebuilding would cost theirs too.
     """
+    _insert(conn, _INSERT, rows, count)
+
+
+_INSERT = f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+
+def insert_columns(
+    conn: sqlite3.Connection, folder_id: int, modseq: int, columns: dict[str, Sequence]
+) -> None:
+    """Insert new rows of one folder and MODSEQ given by column (every MsgRow field but
+    modseq, each a sequence as long as ``columns["uid"]``), as a sync adds them.
+
+    A bulk insert binds only the columns whose values differ: each bound value costs in
+    executemany, and a first sync's rows share their folder, MODSEQ, subdir and (not read
+    yet) internal date.  The others are written into the statement, which is fine for one
+    statement text per big insert, not for every small one (see ``in_list`` on statement
+    texts); so a small insert binds them all.
+    """
+    count = len(columns["uid"])
+    fixed: dict[str, object] = {}
+    if count >= BULK_ROWS:
+        fixed = {"folder": folder_id, "modseq": modseq}
+        for name in ("internal_date", "subdir", "keywords"):
+            first = columns[name][0]
+            if columns[name].count(first) == count:
+                fixed[name] = first
+    names = ["folder", *MsgRow._fields]
+    bound = [n for n in names if n not in fixed]
+    values = ", ".join(_literal(fixed[n]) if n in fixed else "?" for n in names)
+    statement = f"INSERT INTO messages ({', '.join(names)}) VALUES ({values})"
+    constant = {"folder": folder_id, "modseq": modseq}
+    rows = zip(*(columns[n] if n in columns else repeat(constant[n], count) for n in bound),
+               strict=True)
+    _insert(conn, statement, rows, count)
+
+
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(int(value))
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _insert(conn: sqlite3.Connection, statement: str, rows: Iterable[tuple], count: int) -> None:
     rebuild = count >= BULK_ROWS and conn.execute(_ANY_MESSAGE).fetchone() is None
     dropped = []
     try:
-        for name, statement in conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []:
+        for name, index in conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []:
             conn.execute(f'DROP INDEX "{name}"')
-            dropped.append(statement)
+            dropped.append(index)
     except sqlite3.OperationalError:
         pass  # "table is locked": a query of this connection is still reading; insert as is
-    conn.executemany(
-        f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-    )
-    for statement in dropped:
-        conn.execute(statement)
+    conn.executemany(statement, rows)
+    for index in dropped:
+        conn.execute(index)
 
 
 # The indexes created with CREATE INDEX (a UNIQUE or PRIMARY KEY constraint's has no SQL).
