@@ -329,12 +329,18 @@ class FolderIndex(FolderCache, FolderState):
         """What SELECT loads, from one snapshot: UIDs and flags only, without building a
         MessageInfo per message (a third of a second at 100,000)."""
         conn = self._conn()
-        uids, flags = array("I"), []
+        built, self._built = self._built, None
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
-            for uid, bits, keywords in sql.flag_rows(conn, self._id):
-                uids.append(uid)
-                flags.append(imap_flags(bits, keywords))
+            if built is not None and built[0] == row.version:
+                # The rows the first sync just inserted, still all there are: no need to
+                # read 100,000 back (the SELECT after a first sync, a tenth of its time).
+                uids, flags = _built_view(*built[1:])
+            else:
+                uids, flags = array("I"), []
+                for uid, bits, keywords in sql.flag_rows(conn, self._id):
+                    uids.append(uid)
+                    flags.append(imap_flags(bits, keywords))
         return View(row.uidvalidity, row.highestmodseq, row.uidnext, uids, flags)
 
     def status(self) -> FolderStatus:
@@ -427,3 +433,13 @@ class FolderIndex(FolderCache, FolderState):
         """Delete these messages (with ``only_deleted``, those of them flagged \\Deleted at
         this moment); returns the UIDs that went."""
         return index_ops.expunge(self, uids, only_deleted)
+
+
+def _built_view(uids: list[int], bits, keywords) -> tuple[array, list[frozenset[str]]]:
+    """View columns from a first sync's rows, which are in name order: that is UID order,
+    but for UIDs a rebuilt index took back from the uidlist."""
+    if uids != sorted(uids):
+        order = sorted(range(len(uids)), key=uids.__getitem__)
+        uids = [uids[i] for i in order]
+        bits, keywords = [bits[i] for i in order], [keywords[i] for i in order]
+    return array("I", uids), list(map(imap_flags, bits, keywords))

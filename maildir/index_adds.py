@@ -16,9 +16,13 @@ columns (the insert, the in-memory file list) index_sync does so, from the rows
 from __future__ import annotations
 
 import os
+from itertools import repeat
 
-from maildir.index_state import info_name
+from maildir.index_state import info_name, letters_of_info, usual_names
 from maildir.keywords import KeywordMap, bits_of_letters, join_keywords
+
+# Listings from which ``bulk_match`` is worth a try: below, the loop per name costs little.
+BULK = 1000
 
 
 def move_fresh_to_cur(directory: str, fresh: dict[str, tuple], bases: list[str]) -> tuple:
@@ -52,7 +56,33 @@ def move_fresh_to_cur(directory: str, fresh: dict[str, tuple], bases: list[str])
     return moved, raced
 
 
-def new_rows(directory: str, adds: list[tuple], keywords: KeywordMap) -> tuple[list, bool]:
+def bulk_match(names: list[str]) -> tuple | None:
+    """Columns ``(seconds, microseconds, bases, names, sizes, letters)`` of the cur/ names
+    of a first sync, as the loop per name would make their entries, from one regex call and
+    C loops; None unless every name is of the usual shape, gives its size the same way
+    (all with ,W=, or all with ,S= alone) and has a base of its own.  The caller checks that
+    the bases are new to the folder."""
+    matches = usual_names("/".join(names) + "/")
+    bases, secs, usecs, sizes, vsizes, infos = zip(*matches, strict=True)
+    if "" in bases or len(set(bases)) != len(bases):
+        return None
+    if "" not in vsizes:
+        sizes = vsizes  # RFC822.SIZE: ,W= first, as split_name's callers take it
+    elif any(vsizes) or "" in sizes:
+        return None
+    return (
+        list(map(int, secs)) if "" not in secs else [int(x) if x else 0 for x in secs],
+        list(map(int, usecs)) if "" not in usecs else [int(x) if x else 0 for x in usecs],
+        bases,
+        names,
+        list(map(int, sizes)),
+        list(map(letters_of_info, infos)),  # "" is no info, as None is
+    )
+
+
+def new_rows(
+    directory: str, adds: list[tuple], keywords: KeywordMap, bulk: tuple | None = None
+) -> tuple[list, bool]:
     """``(rows, raced)`` for new files ``(base, subdir, name, size or None, letters,
     seconds, microseconds)`` of the folder at ``directory``, ``size`` being RFC822.SIZE as
     the name gives it, the numbers ``order_of(base)``.
@@ -61,7 +91,8 @@ def new_rows(directory: str, adds: list[tuple], keywords: KeywordMap) -> tuple[l
     flag bits, keywords)``, sorted into the order of their UIDs to be (bases are unique,
     so the tuples compare by their first three).  Only a file whose name lacks the size is
     stat()ed, and then its date is known too.  ``raced``: such a file was gone when we
-    looked (moved or deleted since the listing): the caller lists again.
+    looked (moved or deleted since the listing): the caller lists again.  ``bulk``: the
+    columns ``bulk_match`` made of cur/ names, added as rows in C.
     """
     rows = []
     raced = False
@@ -81,5 +112,16 @@ def new_rows(directory: str, adds: list[tuple], keywords: KeywordMap) -> tuple[l
                 continue
             size, date = st.st_size, int(st.st_mtime)
         rows.append((secs, usecs, base, name, subdir, size, date, flags[0], flags[1]))
+    if bulk is not None:
+        secs, usecs, bases, names, sizes, letters = bulk
+        bits_of, keywords_of = {}, {}
+        for text in set(letters):
+            bits_of[text] = bits_of_letters(text)
+            keywords_of[text] = join_keywords(names_of(text))
+        rows += zip(
+            secs, usecs, bases, names, repeat("cur"), sizes, repeat(None),
+            map(bits_of.__getitem__, letters), map(keywords_of.__getitem__, letters),
+            strict=False,  # for the endless repeat()s; the columns have one length
+        )
     rows.sort()
     return rows, raced

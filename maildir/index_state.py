@@ -42,12 +42,20 @@ COMPACT_SLACK = 1000
 # vsize digits, info), None if absent.  Possessive and atomic parts: the base always runs to
 # the first comma or colon, so nothing is lost by not backtracking into it, and an unusual
 # name (100,000 of them in a folder offlineimap wrote) fails in one pass rather than many.
-usual_name = re.compile(
-    r"((?=[^,:\n\r\ud800-\udfff])([0-9]*+)(?>\.[^.M,:\n\r\ud800-\udfff]*+M([0-9]*+))?"
-    r"[^,:\n\r\ud800-\udfff]*+)"
-    r"(?:,S=(0|[1-9][0-9]{0,18}))?(?:,W=(0|[1-9][0-9]{0,18}))?"
-    r"(?::([^\n\r\ud800-\udfff]*))?"
-).fullmatch
+def _usual(extra: str) -> str:
+    nots = extra + "\\n\\r\\ud800-\\udfff"
+    return (
+        rf"((?=[^,:{nots}])([0-9]*+)(?>\.[^.M,:{nots}]*+M([0-9]*+))?[^,:{nots}]*+)"
+        r"(?:,S=(0|[1-9][0-9]{0,18}))?(?:,W=(0|[1-9][0-9]{0,18}))?"
+        rf"(?::([^{nots}]*))?"
+    )
+
+
+usual_name = re.compile(_usual("")).fullmatch
+# The same for a whole listing at once: ``usual_names("/".join(names) + "/")`` is one tuple
+# of groups per name, in order, with "" for None; a name not of the usual shape gets an
+# empty base.  No file name holds a "/", so no match runs from one name into the next.
+usual_names = re.compile(f"(?:{_usual('/')}|[^/]*)/").findall
 
 # A name's seconds and microseconds as Dovecot reads them (maildir_filename_sort_cmp): the
 # leading digits, then "M<digits>" inside the next dot-separated part.
@@ -172,6 +180,9 @@ class FolderState:
         self._uidlist = UidList(directory)
         self._keywords = KeywordMap(directory)
         self._known: KnownFiles | None = None
+        # (version, uids, flag bits, keywords) of the rows a first sync inserted into an
+        # empty folder, for the view() that follows it (FolderIndex.view); taken once.
+        self._built: tuple | None = None
         self._window_ns = int(index.dirty_window * 1e9)
         self._id = 0
 

@@ -22,15 +22,17 @@ change can show up to ``dirty_window`` late; everything else shows up at the nex
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
-from maildir.index_adds import move_fresh_to_cur, new_rows
+from maildir.index_adds import BULK, bulk_match, move_fresh_to_cur, new_rows
 from maildir.index_state import (
     KnownFiles,
     info_name,
@@ -147,6 +149,22 @@ def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
     return result
 
 
+@contextmanager
+def _gc_paused(big: bool) -> Iterator[None]:
+    """Python's cycle collector off while a big pass runs.  A first sync makes a few tuples
+    per message (100,000s, none in a cycle), and each thousand allocations would start a
+    collection that walks them, with several full ones as they pile up: a tenth of the
+    pass.  Other threads only see collections come later; the state is restored after."""
+    if not big or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class _Found:
     """A file this pass found under a name the index does not know; ``uid`` None = new.
     ``size`` is RFC822.SIZE as the name gives it (,W= else ,S=), None if it does not."""
@@ -167,6 +185,7 @@ class _Pass:
         self.raced = False
         self.listed: dict[str, list[str]] = {}
         self.fresh_in_new: list[str] = []  # bases of the ``fresh`` files met in new/
+        self.bulk: tuple | None = None  # columns of cur/'s new files, from ``bulk_match``
 
     def _list(self, subdir: str) -> None:
         # scandir, not listdir: each name comes with its type (d_type), so a directory, FIFO
@@ -190,9 +209,10 @@ class _Pass:
         for subdir, names in vanished.items():
             for name in names:
                 gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
-        found, fresh = self._match(appeared, gone)
-        touched_cur = self._move_new_to_cur(found, fresh)
-        self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
+        with _gc_paused(sum(map(len, appeared.values())) >= BULK):
+            found, fresh = self._match(appeared, gone)
+            touched_cur = self._move_new_to_cur(found, fresh)
+            self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
         return self.raced
 
     def _diff(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -217,6 +237,13 @@ class _Pass:
         fresh: dict[str, tuple] = {}
         known_bases = self.known.bases
         for subdir, names in appeared.items():
+            if subdir == "cur" and len(names) >= BULK:
+                bulk = bulk_match(names)
+                if bulk is not None and all(
+                    taken.keys().isdisjoint(bulk[2]) for taken in (gone, found, fresh, known_bases)
+                ):
+                    self.bulk = bulk  # a first sync's cur/: no twins, nothing known
+                    continue
             in_new = self.fresh_in_new if subdir == "new" else None
             for name in names:
                 match = usual_name(name)
@@ -311,6 +338,7 @@ class _Pass:
     def _apply(self, found, fresh, gone: dict[str, int], dir_values, result: SyncResult) -> None:
         fi, conn, row = self.fi, self.conn, self.row
         fi._keywords.refresh()
+        first = not self.known.bases  # an empty folder: the new rows will be all it has
         live = {b: e for b, e in found.items() if e.subdir is not None}
         adds = list(fresh.values())
         adds += [
@@ -318,7 +346,7 @@ class _Pass:
             for b, e in live.items()
             if e.uid is None
         ]
-        rows, raced = new_rows(str(fi.directory), adds, fi._keywords)
+        rows, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
         self.raced |= raced
         # By column from here: inserted and remembered by zip(), in C, not row by row.
         columns = list(zip(*rows, strict=True)) or [()] * 9
@@ -334,7 +362,8 @@ class _Pass:
                 with sql.write_txn(conn):
                     sql.update_folder(conn, row.id, **values)
             return
-        with sql.write_txn(conn):
+        fi._built = None
+        with sql.write_txn(conn, big=len(uids) >= sql.BULK_ROWS):
             values = dict(dir_values)
             modseq = None
             if rows or flag_changes or expunged:
@@ -342,12 +371,11 @@ class _Pass:
                 values["highestmodseq"] = modseq
             flagged = set(flag_changes)
             updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
-            # strict=False for the endless repeat()s; the columns have one length.
-            added = zip(
-                repeat(row.id), uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs,
-                names, strict=False,
-            )
-            sql.insert_rows(conn, added, len(uids))
+            if uids:
+                sql.insert_columns(conn, row.id, modseq, {
+                    "uid": uids, "flags": bits, "keywords": kws, "size": sizes,
+                    "internal_date": dates, "base": bases, "subdir": subdirs, "name": names,
+                })
             sql.update_files(conn, row.id, updates)
             if expunged:
                 sql.delete_messages(conn, row.id, expunged, modseq)
@@ -363,6 +391,8 @@ class _Pass:
             known.add_new(uids, bases, subdirs, names)
 
         fi._after_commit(row.version, update_known)
+        if first and not (updates or expunged):
+            fi._built = (row.version + 1, uids, bits, kws)
         result.added.extend(uids)
         result.expunged.extend(expunged)
         result.changed.extend(flag_changes)

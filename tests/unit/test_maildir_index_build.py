@@ -10,6 +10,7 @@ or renamed mid-build lose nothing.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sqlite3
@@ -19,12 +20,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from maildir import create_maildir, parse_name
+from maildir import create_maildir, index_adds, parse_name
 from maildir.index import MailboxIndex
 from maildir.index_sql import DB_NAME
-from maildir.index_state import KnownFiles, order_of, usual_name
+from maildir.index_state import KnownFiles, order_of, usual_name, usual_names
 from maildir.index_sync import _Pass
-from maildir.keywords import LETTER_BITS
+from maildir.keywords import LETTER_BITS, imap_flags
 from maildir.uidlist import UIDLIST_NAME
 
 KEYWORDS = {"a": "Junk", "b": "$Label1"}  # dovecot-keywords: letter -> name
@@ -300,7 +301,7 @@ def test_bulk_added_file_list_equals_one_by_one():
     assert (bulk.by_dir, bulk.bases) == (single.by_dir, single.bases)
 
 
-@given(st.text(alphabet="ab.,:SW=0127\n\r\udcff", min_size=1, max_size=16))
+@given(st.text(alphabet="ab.,:SMW=0127\n\r\udcff", min_size=1, max_size=16))
 def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
     assume(name not in (".", ".."))  # never listed
     match = usual_name(name)
@@ -317,6 +318,78 @@ def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
         None if parsed.vsize is None else str(parsed.vsize),
         parsed.info,
     )
+
+
+@given(st.lists(st.text(alphabet="ab.,:SMW=0127\n\r\udcff", min_size=1, max_size=12),
+                min_size=1, max_size=6))
+def test_a_listing_matched_at_once_is_matched_name_by_name(names):
+    names = [n for n in names if "/" not in n]
+    one_by_one = []
+    for name in names:
+        match = usual_name(name)
+        groups = match.groups() if match else ("",) * 6
+        one_by_one.append(tuple("" if g is None else g for g in groups))
+    assert usual_names("/".join(names) + "/") == one_by_one
+
+
+def fill_usual(root: Path, n: int, seed: int = 5) -> None:
+    """``n`` cur/ files named as deliveries name them (with ,S= and ,W=), in every order
+    shape and with every info: what a first sync takes all at once (``bulk_match``)."""
+    rnd = random.Random(seed)
+    for k in range(n):
+        sec = 1700000000 + rnd.randrange(30)
+        base = [f"{sec}.M{rnd.randrange(99)}P{k}Q{k}.host", f"{sec}.P{k}.host", f"x{k}.M3.host",
+                f"{sec}.M{k}P1.hé"][k % 4]
+        path = root / "cur" / f"{base},S={100 + k},W={120 + k}{rnd.choice(INFOS)}"
+        path.write_bytes(b"x")
+        os.utime(path, (sec, sec))
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_a_first_sync_taken_at_once_matches_the_oracle(root, monkeypatch, twin):
+    monkeypatch.setattr("maildir.index_sync.BULK", 10)
+    fill_usual(root, 300)
+    if twin:  # the same base twice: taken name by name, which renames one
+        name = sorted(os.listdir(root / "cur"))[9]
+        os.link(root / "cur" / name, root / "cur" / (name.partition(":")[0] + ":2,T"))
+    taken = []
+    real = index_adds.bulk_match
+    monkeypatch.setattr("maildir.index_sync.bulk_match", lambda names: taken.append(
+        real(names)) or taken[-1])
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert [t is not None for t in taken] == [not twin]
+        assert stored(root) == oracle(root)
+        view = inbox.view()
+        assert list(view.uids) == list(range(1, 301 + twin))
+        assert view.flags == [imap_flags(bits, kws) for _, bits, kws, *_ in stored(root)]
+        assert [m.internal_date for m in inbox.messages()] == [
+            row[4] for row in oracle(root, dates=True)]
+    assert gc.isenabled()
+
+
+def test_a_rebuilt_index_taken_at_once_keeps_uids_out_of_name_order(root, monkeypatch):
+    """A rebuilt index takes every UID back from the uidlist, whatever order the names
+    would give: the view the first sync hands over is still in UID order."""
+    monkeypatch.setattr("maildir.index_sync.BULK", 10)
+    fill_usual(root, 200)
+    with MailboxIndex(root) as mi:
+        mi.folder("INBOX")
+    path = root / UIDLIST_NAME
+    header, *lines = path.read_text().splitlines()
+    bases = [line.split(" ", 1)[1] for line in lines if not line.startswith("M")]
+    shuffled = random.Random(3).sample(range(1, len(bases) + 1), len(bases))
+    path.write_text("\n".join([header, *(f"{u} {b}" for u, b in zip(shuffled, bases,
+                                                                      strict=True))]) + "\n")
+    for suffix in ("", "-wal", "-shm"):
+        if (root / (DB_NAME + suffix)).exists():
+            os.unlink(root / (DB_NAME + suffix))
+    with MailboxIndex(root) as mi:
+        view = mi.folder("INBOX").view()
+    rows = stored(root)
+    assert {row[-2]: row[0] for row in rows} == dict(zip(bases, shuffled, strict=True))
+    assert list(view.uids) == [row[0] for row in rows] == list(range(1, 201))
+    assert view.flags == [imap_flags(bits, kws) for _, bits, kws, *_ in rows]
 
 
 @pytest.mark.parametrize(
