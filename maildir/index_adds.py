@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from itertools import repeat
+from operator import add, mul
 
 from maildir.index_state import info_name, letters_of_info, usual_names
 from maildir.keywords import KeywordMap, bits_of_letters, join_keywords
@@ -82,17 +83,16 @@ def bulk_match(names: list[str]) -> tuple | None:
 
 def new_rows(
     directory: str, adds: list[tuple], keywords: KeywordMap, bulk: tuple | None = None
-) -> tuple[list, bool]:
-    """``(rows, raced)`` for new files ``(base, subdir, name, size or None, letters,
+) -> tuple[list[list], bool]:
+    """``(columns, raced)`` for new files ``(base, subdir, name, size or None, letters,
     seconds, microseconds)`` of the folder at ``directory``, ``size`` being RFC822.SIZE as
-    the name gives it, the numbers ``order_of(base)``.
+    the name gives it, the numbers ``order_of(base)``; ``bulk``: the columns
+    ``bulk_match`` made of cur/ names, taken in C.
 
-    Rows are ``(seconds, microseconds, base, name, subdir, size, internal date or None,
-    flag bits, keywords)``, sorted into the order of their UIDs to be (bases are unique,
-    so the tuples compare by their first three).  Only a file whose name lacks the size is
-    stat()ed, and then its date is known too.  ``raced``: such a file was gone when we
-    looked (moved or deleted since the listing): the caller lists again.  ``bulk``: the
-    columns ``bulk_match`` made of cur/ names, added as rows in C.
+    The columns are ``[bases, names, subdirs, sizes, internal dates (None: not read yet),
+    flag bits, keywords]``, in the order of their UIDs to be.  Only a file whose name lacks
+    the size is stat()ed, and then its date is known too.  ``raced``: such a file was gone
+    when we looked (moved or deleted since the listing): the caller lists again.
     """
     rows = []
     raced = False
@@ -112,16 +112,33 @@ def new_rows(
                 continue
             size, date = st.st_size, int(st.st_mtime)
         rows.append((secs, usecs, base, name, subdir, size, date, flags[0], flags[1]))
+    columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in range(9)]
     if bulk is not None:
         secs, usecs, bases, names, sizes, letters = bulk
         bits_of, keywords_of = {}, {}
         for text in set(letters):
             bits_of[text] = bits_of_letters(text)
             keywords_of[text] = join_keywords(names_of(text))
-        rows += zip(
-            secs, usecs, bases, names, repeat("cur"), sizes, repeat(None),
+        count = len(bases)
+        for column, more in zip(columns, (
+            secs, usecs, bases, names, repeat("cur", count), sizes, repeat(None, count),
             map(bits_of.__getitem__, letters), map(keywords_of.__getitem__, letters),
-            strict=False,  # for the endless repeat()s; the columns have one length
-        )
-    rows.sort()
-    return rows, raced
+        ), strict=True):
+            column += more
+    order = _uid_order(*columns[:3])
+    return [list(map(column.__getitem__, order)) for column in columns[2:]], raced
+
+
+def _uid_order(secs: list[int], usecs: list[int], bases: list[str]) -> list[int]:
+    """Positions sorted by (seconds, microseconds, base): Dovecot's order for new UIDs.
+
+    Sorted by one int per message when that says it all (microseconds below a million, as
+    in every name a delivery agent makes, and no two messages in the same microsecond):
+    list.sort compares ints far faster than tuples, which is a twentieth of a first sync.
+    """
+    if usecs and max(usecs) < 1_000_000:
+        keys = list(map(add, map(mul, secs, repeat(1_000_000)), usecs))
+        if len(set(keys)) == len(keys):
+            return sorted(range(len(keys)), key=keys.__getitem__)
+    keys = list(zip(secs, usecs, bases, strict=True))
+    return sorted(range(len(keys)), key=keys.__getitem__)

@@ -346,15 +346,14 @@ class _Pass:
             for b, e in live.items()
             if e.uid is None
         ]
-        rows, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
+        # By column: inserted and remembered by zip(), in C, not row by row.
+        columns, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
         self.raced |= raced
-        # By column from here: inserted and remembered by zip(), in C, not row by row.
-        columns = list(zip(*rows, strict=True)) or [()] * 9
-        _, _, bases, names, subdirs, sizes, dates, bits, kws = columns
+        bases, names, subdirs, sizes, dates, bits, kws = columns
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
-        uids = self._assign_uids(bases) if rows else []
-        if not (rows or updates or expunged):
+        uids = self._assign_uids(bases) if bases else []
+        if not (uids or updates or expunged):
             # Only the directory records, and only if they differ: a sync that found
             # nothing new usually writes nothing.
             values = {k: v for k, v in dir_values.items() if getattr(row, k) != v}
@@ -366,7 +365,7 @@ class _Pass:
         with sql.write_txn(conn, big=len(uids) >= sql.BULK_ROWS):
             values = dict(dir_values)
             modseq = None
-            if rows or flag_changes or expunged:
+            if uids or flag_changes or expunged:
                 modseq = fi._allocate_modseq(conn, row)
                 values["highestmodseq"] = modseq
             flagged = set(flag_changes)
