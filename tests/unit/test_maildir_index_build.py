@@ -456,3 +456,14 @@ def test_a_new_dir_we_cannot_move_from_is_indexed_where_it_is(root, monkeypatch)
         assert inbox.count == 45
         in_index = {p.name for p in map(inbox.path, inbox.uids()) if p.parent.name == "new"}
     assert in_index == in_new == set(os.listdir(root / "new"))
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3) | st.integers(999_998, 1_000_001),
+                          st.text("ab", max_size=3)),
+                unique_by=lambda t: t[2]))
+def test_uid_order_is_seconds_microseconds_then_base(keys):
+    """The one-int shortcut and the tuple fallback (ties, microseconds of a million and
+    more) give the same order."""
+    secs, usecs, bases = ([k[i] for k in keys] for i in range(3))
+    order = index_adds._uid_order(secs, usecs, bases)
+    assert [keys[i] for i in order] == sorted(keys)
