@@ -129,6 +129,9 @@ class KnownFiles:
         for base in self.bases.keys() & bases:
             self.remove(base)
         self.bases.update(zip(bases, zip(uids, subdirs, names, strict=True), strict=True))
+        if subdirs.count("cur") == len(subdirs):  # a first sync's: no need to pick them
+            self.by_dir["cur"].update(zip(names, uids, strict=True))
+            return
         for subdir, files in self.by_dir.items():
             here = list(map(subdir.__eq__, subdirs))
             files.update(zip(compress(names, here), compress(uids, here), strict=True))
