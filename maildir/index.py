@@ -294,12 +294,14 @@ class FolderIndex(FolderCache, FolderState):
         return {info.uid: info for info in _infos(rows)}
 
     def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
-        """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both."""
+        """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both,
+        on the event loop, so internal dates read here are not stored (index_dates)."""
         directory = str(self.directory)
         infos, paths = {}, {}
         rows = sql.message_rows(self._conn(), self._id, uids)
         unknown = [r.uid for r in rows if r.internal_date is None]
-        dates = read_dates(self, unknown) if unknown else {}
+        # Not stored: this runs on the event loop (see read_dates).
+        dates = read_dates(self, unknown, store=False) if unknown else {}
         for r in rows:
             date = dates.get(r.uid) if r.internal_date is None else r.internal_date
             if date is None:

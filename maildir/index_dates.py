@@ -46,16 +46,21 @@ def dated(fi: FolderIndex, rows: Sequence[tuple], at: int) -> list[tuple]:
     return result
 
 
-def read_dates(fi: FolderIndex, uids: Sequence[int]) -> dict[int, int]:
+def read_dates(fi: FolderIndex, uids: Sequence[int], store: bool = True) -> dict[int, int]:
     """The internal dates of these UIDs (rows whose date is NULL), read and stored.
 
     A file not found under the name the index has was renamed or deleted by another program
     since the last sync: one full sync finds the new names (and expunges the deleted, which
     are then missing from the result).  No call holds a transaction open here: each public
-    FolderIndex call starts with its connection outside one.
+    FolderIndex call starts with its connection outside one.  ``store=False``: the dates
+    found are not written, for a caller on the event loop (a FETCH of a message or two),
+    which must not wait for the write lock behind another folder's first sync; reading
+    a few again next time costs less.  What a full sync finds is stored, as it writes anyway.
     """
     conn = fi._conn()
     dates = _stat(fi, _files(conn, fi._id, uids))
+    if not store and len(dates) == len(uids):
+        return dates
     if len(dates) < len(uids):
         fi._sync_before_change(full=True)
         left = [u for u in uids if u not in dates]
