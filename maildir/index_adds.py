@@ -15,12 +15,20 @@ columns (the insert, the in-memory file list) index_sync does so, from the rows
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import repeat
 from operator import add, mul
+from typing import TYPE_CHECKING
 
-from maildir.index_state import info_name, letters_of_info, usual_names
+from maildir.index_state import KnownFiles, info_name, letters_of_info, usual_names
 from maildir.keywords import KeywordMap, bits_of_letters, join_keywords
+
+if TYPE_CHECKING:
+    from maildir import index_sql as sql
+    from maildir.index import FolderIndex
 
 # Listings from which ``bulk_match`` is worth a try: below, the loop per name costs little.
 BULK = 1000
@@ -142,3 +150,43 @@ def _uid_order(secs: list[int], usecs: list[int], bases: list[str]) -> list[int]
             return sorted(range(len(keys)), key=keys.__getitem__)
     keys = list(zip(secs, usecs, bases, strict=True))
     return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+@contextmanager
+def gc_paused(big: bool) -> Iterator[None]:
+    """Python's cycle collector off while a big pass runs.  A first sync makes a few tuples
+    per message (100,000s, none in a cycle), and each thousand allocations would start a
+    collection that walks them, with several full ones as they pile up: a tenth of the
+    pass.  Other threads only see collections come later; the state is restored after."""
+    if not big or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def assign_uids(
+    fi: FolderIndex, row: sql.FolderRow, known: KnownFiles, bases: list[str]
+) -> list[int]:
+    """UIDs for the new files with ``bases``, in order, from the folder's uidlist."""
+    taken: set[int] | None = None
+
+    def reuse(base: str, uid: int) -> bool:
+        # The uidlist already has this base: keep its UID while the index is rebuilt
+        # (uidnext is still 1) or when a process crashed between the uidlist append and
+        # the index commit (uid >= uidnext: no client saw it).  A lower UID belonged to a
+        # message since expunged, and RFC 3501 UIDs only ever ascend.
+        nonlocal taken
+        if uid < row.uidnext:
+            return False
+        if taken is None:
+            taken = {entry[0] for entry in known.bases.values()}
+        if uid in taken:
+            return False
+        taken.add(uid)
+        return True
+
+    return fi._uidlist.assign(bases, reuse)

@@ -22,17 +22,21 @@ change can show up to ``dirty_window`` late; everything else shows up at the nex
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
-from maildir.index_adds import BULK, bulk_match, move_fresh_to_cur, new_rows
+from maildir.index_adds import (
+    BULK,
+    assign_uids,
+    bulk_match,
+    gc_paused,
+    move_fresh_to_cur,
+    new_rows,
+)
 from maildir.index_state import (
     KnownFiles,
     info_name,
@@ -149,22 +153,6 @@ def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
     return result
 
 
-@contextmanager
-def _gc_paused(big: bool) -> Iterator[None]:
-    """Python's cycle collector off while a big pass runs.  A first sync makes a few tuples
-    per message (100,000s, none in a cycle), and each thousand allocations would start a
-    collection that walks them, with several full ones as they pile up: a tenth of the
-    pass.  Other threads only see collections come later; the state is restored after."""
-    if not big or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class _Found:
     """A file this pass found under a name the index does not know; ``uid`` None = new.
     ``size`` is RFC822.SIZE as the name gives it (,W= else ,S=), None if it does not."""
@@ -209,7 +197,7 @@ class _Pass:
         for subdir, names in vanished.items():
             for name in names:
                 gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
-        with _gc_paused(sum(map(len, appeared.values())) >= BULK):
+        with gc_paused(sum(map(len, appeared.values())) >= BULK):
             found, fresh = self._match(appeared, gone)
             touched_cur = self._move_new_to_cur(found, fresh)
             self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
@@ -352,7 +340,7 @@ class _Pass:
         bases, names, subdirs, sizes, dates, bits, kws = columns
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
-        uids = self._assign_uids(bases) if bases else []
+        uids = assign_uids(fi, row, self.known, bases) if bases else []
         if not (uids or updates or expunged):
             # Only the directory records, and only if they differ: a sync that found
             # nothing new usually writes nothing.
@@ -417,24 +405,3 @@ class _Pass:
                 prev._replace(flags=bits, keywords=text, subdir=entry.subdir, name=entry.name)
             )
         return updates, flag_changes
-
-    def _assign_uids(self, bases: list[str]) -> list[int]:
-        row, known = self.row, self.known
-        taken: set[int] | None = None
-
-        def reuse(base: str, uid: int) -> bool:
-            # The uidlist already has this base: keep its UID while the index is rebuilt
-            # (uidnext is still 1) or when a process crashed between the uidlist append and
-            # the index commit (uid >= uidnext: no client saw it).  A lower UID belonged to a
-            # message since expunged, and RFC 3501 UIDs only ever ascend.
-            nonlocal taken
-            if uid < row.uidnext:
-                return False
-            if taken is None:
-                taken = {entry[0] for entry in known.bases.values()}
-            if uid in taken:
-                return False
-            taken.add(uid)
-            return True
-
-        return self.fi._uidlist.assign(bases, reuse)
