@@ -100,6 +100,7 @@ def test_internal_dates_are_read_when_asked_and_stored_off_the_event_loop(root, 
     changes = inbox.changes_since(0)  # a poll wants flags: dates as the index has them
     assert [m.internal_date for m in changes.messages] == [None, 1000, None]
     assert [m.internal_date for m in inbox.messages(dates=False)] == [None, 1000, None]
+    assert inbox.get_many([1, 2], dates=False)[1].internal_date is None
     assert {u: m.internal_date for u, m in inbox.get_many([1, 3]).items()} == {1: 3000, 3: 2000}
     assert stored_dates() == [3000, 1000, 2000]
 
