@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from maildir import index_sql as sql
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from maildir.index import FolderIndex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_MTIME = attrgetter("st_mtime")
 
 
 def dated(fi: FolderIndex, rows: Sequence[tuple], at: int) -> list[tuple]:
@@ -86,19 +89,25 @@ def _files(conn, folder_id: int, uids: Sequence[int]) -> list[tuple]:
 def _stat(fi: FolderIndex, files: list[tuple]) -> dict[int, int]:
     """``uid -> int(mtime)`` of ``(uid, subdir, name)`` files that exist."""
     dates: dict[int, int] = {}
-    # stat() by name in the open directory: the kernel does not walk the whole path again
-    # for each file (an eighth of the time, for a folder's worth).
-    fds: dict[str, int] = {}
-    try:
-        for uid, subdir, name in files:
-            fd = fds.get(subdir)
-            if fd is None:
-                fd = fds[subdir] = os.open(fi.directory / subdir, _DIR_FLAGS)
+    for subdir in {entry[1] for entry in files}:
+        uids = [uid for uid, at, _ in files if at == subdir]
+        names = [name for _, at, name in files if at == subdir]
+        # stat() by name in the open directory: the kernel does not walk the whole path
+        # again for each file (an eighth of the time, for a folder's worth).
+        fd = os.open(fi.directory / subdir, _DIR_FLAGS)
+        try:
+            stat = partial(os.stat, dir_fd=fd)
             try:
-                dates[uid] = int(os.stat(name, dir_fd=fd).st_mtime)
-            except FileNotFoundError:
-                continue
-    finally:
-        for fd in fds.values():
+                # All at once in C, as a folder's worth of dates is read at a time.
+                stats = list(map(stat, names))
+            except FileNotFoundError:  # one is gone: one by one, leaving it out
+                for uid, name in zip(uids, names, strict=True):
+                    try:
+                        dates[uid] = int(stat(name).st_mtime)
+                    except FileNotFoundError:
+                        continue
+            else:
+                dates.update(zip(uids, map(int, map(_MTIME, stats)), strict=True))
+        finally:
             os.close(fd)
     return dates
