@@ -174,22 +174,14 @@ class _Pass:
         self.listed: dict[str, list[str]] = {}
         self.fresh_in_new: list[str] = []  # bases of the ``fresh`` files met in new/
         self.bulk: tuple | None = None  # columns of cur/'s new files, from ``bulk_match``
-        self.untyped: set[str] = set()  # directories listed without the names' types
 
     def _list(self, subdir: str) -> None:
-        # A directory, FIFO or socket in cur/ must never become a message (reading a FIFO
-        # would hang).  Where most names are known files, listdir, and _diff checks the few
-        # that appeared; where none are (a first sync), scandir: each name comes with its
-        # type (d_type), so there is no stat() per name.  is_file() stats only a symlink
-        # (followed, as open() will) or where the filesystem does not give types.
-        path = self.fi.directory / subdir
-        if self.known.by_dir[subdir]:
-            self.listed[subdir] = [n for n in os.listdir(path) if n[0] != "."]
-            self.untyped.add(subdir)
-            return
-        with os.scandir(path) as entries:
+        # scandir, not listdir: each name comes with its type (d_type), so a directory, FIFO
+        # or socket in cur/ never becomes a message, without a stat() per name.  is_file()
+        # stats only a symlink (followed, as open() will) or where the filesystem does not
+        # give types.
+        with os.scandir(self.fi.directory / subdir) as entries:
             self.listed[subdir] = [e.name for e in entries if e.name[0] != "." and e.is_file()]
-        self.untyped.discard(subdir)
 
     def run(self, todo: list[str], result: SyncResult) -> bool:
         for subdir in DIRS:  # new/ first: a message moving to cur/ meanwhile is seen twice
@@ -215,14 +207,10 @@ class _Pass:
         appeared, vanished = {}, {}
         for subdir, names in self.listed.items():
             known = self.known.by_dir[subdir]
-            new = [n for n in names if n not in known]
-            if len(names) - len(new) != len(known):
+            appeared[subdir] = [n for n in names if n not in known]
+            if len(names) - len(appeared[subdir]) != len(known):
                 present = set(names)
                 vanished[subdir] = [n for n in known if n not in present]
-            if new and subdir in self.untyped:
-                here = f"{self.fi.directory}/{subdir}/"
-                new = [n for n in new if os.path.isfile(here + n)]
-            appeared[subdir] = new
         return appeared, vanished
 
     def _match(self, appeared, gone: dict[str, int]) -> tuple[dict[str, _Found], dict]:

@@ -284,15 +284,6 @@ def test_what_is_not_a_regular_file_is_no_message(root):
         assert "1700000001.M3P1.link,S=10:2,S" in names
         assert not {"dir", "fifo", "dangling"} & {n.split(".")[2].split(",")[0] for n in names}
         assert inbox.count == 11 + len(os.listdir(root / "new"))
-        # Later listings take names without their types: those that appear are checked.
-        count = inbox.count
-        os.mkdir(root / "cur" / "1700000002.M1P1.dir,S=10:2,S")
-        os.mkfifo(root / "new" / "1700000002.M2P1.fifo,S=10")
-        os.mkfifo(root / "cur" / "1700000002.M3P1.fifo,S=10:2,")
-        (root / "cur" / "1700000002.M4P1.file,S=1:2,").write_bytes(b"x")
-        (root / "new" / "1700000002.M5P1.file,S=1").write_bytes(b"x")
-        assert len(inbox.sync(full=True).added) == 2 and inbox.count == count + 2
-        assert not inbox.sync(full=True)
 
 
 def test_bulk_added_file_list_equals_one_by_one():
