@@ -7,6 +7,8 @@ server, ~250 collections, two of them full ones that walk every object of the pr
 55 ms of a 750 ms STORE.  Reference counting frees the tuples as before; the collector
 simply runs after the call instead of during it.
 
+A first sync of a big folder is the same case (a few tuples per new file).
+
 ``gc.disable`` is process-wide, so the pause is for big calls only (a fraction of a second,
 rarely), and the switch is left alone when someone else turned the collector off.  With
 two pauses overlapping, the first to end turns it back on: the second then runs with the

@@ -59,6 +59,7 @@ from maildir import gcpause, index_copy, index_ops
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
+from maildir.index_dates import dated, read_dates
 from maildir.index_state import MODSEQ_BLOCK, FolderState
 from maildir.index_sync import SyncResult, dir_fresh, sync_folder
 from maildir.index_types import (
@@ -280,36 +281,51 @@ class FolderIndex(FolderCache, FolderState):
 
     # -- reading -------------------------------------------------------------------------
 
-    def messages(self) -> list[MessageInfo]:
-        """All messages in UID order (one SELECT)."""
-        return _infos(sql.info_rows(self._conn(), self._id))
+    def messages(self, dates: bool = True) -> list[MessageInfo]:
+        """All messages in UID order (one SELECT).  ``dates=False``: internal dates not
+        read yet stay None (POP3 and SEARCH without a date key have no use for them, and
+        reading them costs a stat() per message the first time; see index_dates)."""
+        rows = list(sql.info_rows(self._conn(), self._id))
+        return _infos(dated(self, rows, 4) if dates else rows)
 
     def uids(self) -> list[int]:
         query = "SELECT uid FROM messages WHERE folder = ? ORDER BY uid"
         return [uid for (uid,) in self._conn().execute(query, (self._id,))]
 
     def get(self, uid: int) -> MessageInfo | None:
-        infos = _infos(sql.info_rows(self._conn(), self._id, uid=uid))
+        infos = _infos(dated(self, list(sql.info_rows(self._conn(), self._id, uid=uid)), 4))
         return infos[0] if infos else None
 
-    def get_many(self, uids: Iterable[int]) -> dict[int, MessageInfo]:
-        """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID."""
-        return {info.uid: info for info in _infos(sql.info_rows_of(self._conn(), self._id, uids))}
+    def get_many(self, uids: Iterable[int], dates: bool = True) -> dict[int, MessageInfo]:
+        """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID.
+        ``dates=False``: internal dates not read yet stay None, as in ``messages``."""
+        rows = sql.info_rows_of(self._conn(), self._id, uids)
+        return {info.uid: info for info in _infos(dated(self, rows, 4) if dates else rows)}
 
     def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
-        """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both."""
+        """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both,
+        on the event loop, so internal dates read here are not stored (index_dates)."""
         directory = str(self.directory)
         infos, paths = {}, {}
-        for r in sql.message_rows(self._conn(), self._id, uids):
+        rows = sql.message_rows(self._conn(), self._id, uids)
+        unknown = [r.uid for r in rows if r.internal_date is None]
+        # Not stored: this runs on the event loop (see read_dates).
+        dates = read_dates(self, unknown, store=False) if unknown else {}
+        for r in rows:
+            date = dates.get(r.uid) if r.internal_date is None else r.internal_date
+            if date is None:
+                continue  # its file is gone: expunged by the sync read_dates ran
             infos[r.uid] = MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size,
-                                       r.internal_date, r.modseq)
+                                       date, r.modseq)
+            # A path is stale if that sync found the file renamed; a read finds it again.
             paths[r.uid] = f"{directory}/{r.subdir}/{r.name}"
         return infos, paths
 
     def changes_since(self, modseq: int) -> Changes:
         """Messages with MODSEQ > ``modseq`` and UIDs expunged after it, with the folder's
         HIGHESTMODSEQ and UIDNEXT, all from one snapshot.  ``changes_since(0)`` is the
-        whole folder (SELECT); a session passes its last HIGHESTMODSEQ to poll."""
+        whole folder (SELECT); a session passes its last HIGHESTMODSEQ to poll.  Internal
+        dates not read yet are None here: a poll wants flags (see index_dates)."""
         conn = self._conn()
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
@@ -324,12 +340,18 @@ class FolderIndex(FolderCache, FolderState):
         """What SELECT loads, from one snapshot: UIDs and flags only, without building a
         MessageInfo per message (a third of a second at 100,000)."""
         conn = self._conn()
-        uids, flags = array("I"), []
+        built, self._built = self._built, None
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
-            for uid, bits, keywords in sql.flag_rows(conn, self._id):
-                uids.append(uid)
-                flags.append(imap_flags(bits, keywords))
+            if built is not None and built[0] == row.version:
+                # The rows the first sync just inserted, still all there are: no need to
+                # read 100,000 back (the SELECT after a first sync, a tenth of its time).
+                uids, flags = _built_view(*built[1:])
+            else:
+                uids, flags = array("I"), []
+                for uid, bits, keywords in sql.flag_rows(conn, self._id):
+                    uids.append(uid)
+                    flags.append(imap_flags(bits, keywords))
         return View(row.uidvalidity, row.highestmodseq, row.uidnext, uids, flags)
 
     def status(self) -> FolderStatus:
@@ -396,7 +418,8 @@ class FolderIndex(FolderCache, FolderState):
     ) -> tuple[list[MessageInfo], list[int]]:
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
-        ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword)."""
+        ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword).
+        Internal dates not read yet are None, as in ``changes_since``."""
         uids = list(uids)
         with gcpause.paused(len(uids)):
             rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
@@ -424,3 +447,13 @@ class FolderIndex(FolderCache, FolderState):
         """Delete these messages (with ``only_deleted``, those of them flagged \\Deleted at
         this moment); returns the UIDs that went."""
         return index_ops.expunge(self, uids, only_deleted)
+
+
+def _built_view(uids: list[int], bits, keywords) -> tuple[array, list[frozenset[str]]]:
+    """View columns from a first sync's rows, which are in name order: that is UID order,
+    but for UIDs a rebuilt index took back from the uidlist."""
+    if uids != sorted(uids):
+        order = sorted(range(len(uids)), key=uids.__getitem__)
+        uids = [uids[i] for i in order]
+        bits, keywords = [bits[i] for i in order], [keywords[i] for i in order]
+    return array("I", uids), list(map(imap_flags, bits, keywords))

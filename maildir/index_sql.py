@@ -13,11 +13,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
 DB_NAME = "mailstead-index.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Another process (the admin CLI) or another folder's writer may hold the write lock for a
 # moment; SQLite's busy handler waits this long before giving up with "database is locked".
@@ -29,6 +30,10 @@ AUTOCHECKPOINT = 1000
 CHUNK = 900
 # Rows from which an insert into an empty table builds the indexes afterwards (insert_rows).
 BULK_ROWS = 10_000
+# Page cache per connection (PRAGMA cache_size: negative is KiB), and for a transaction
+# that writes a folder's worth of rows: 100,000 messages make some 20 MiB of pages.
+CACHE = -512
+BIG_CACHE = -65536
 
 _TABLES = ("folders", "messages", "expunged", "cache", "fields")
 _SCHEMA = (
@@ -49,6 +54,8 @@ _SCHEMA = (
         new_recheck INTEGER NOT NULL DEFAULT -1,
         cur_mtime INTEGER NOT NULL DEFAULT -1,
         cur_recheck INTEGER NOT NULL DEFAULT -1)""",
+    # internal_date NULL: not read yet.  A sync takes no stat() of a file whose name gives
+    # its size; the date (its mtime) is read when a command needs it (schema 3, index_dates).
     """CREATE TABLE messages (
         folder INTEGER NOT NULL,
         uid INTEGER NOT NULL,
@@ -56,7 +63,7 @@ _SCHEMA = (
         flags INTEGER NOT NULL,
         keywords TEXT NOT NULL,
         size INTEGER NOT NULL,
-        internal_date INTEGER NOT NULL,
+        internal_date INTEGER,
         base TEXT NOT NULL,
         subdir TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -104,7 +111,7 @@ class MsgRow(NamedTuple):
     flags: int
     keywords: str
     size: int
-    internal_date: int
+    internal_date: int | None  # None: not read from the file yet
     base: str
     subdir: str
     name: str
@@ -127,33 +134,45 @@ def connect(path: Path) -> sqlite3.Connection:
     # With reads mapped, each connection's private page cache only holds pages being written:
     # 512 KiB rather than SQLite's 2 MiB default, as there are a few connections per user
     # (hundreds on a busy server), each of which would grow its own to the limit.
-    conn.execute("PRAGMA cache_size=-512")
+    conn.execute(f"PRAGMA cache_size={CACHE}")
     return conn
 
 
 @contextmanager
-def write_txn(conn: sqlite3.Connection, checkpoint: bool = True) -> Iterator[sqlite3.Connection]:
+def write_txn(conn: sqlite3.Connection, big: bool = False,
+              checkpoint: bool = True) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT: take the write lock up front, never upgrade mid-way.
+
+    ``big``: the transaction writes a folder's worth of rows (a first sync).  Its pages
+    would not fit the small page cache (``connect``), so SQLite would spill them to the WAL
+    as it goes and read them back to build the indexes: the cache grows for the
+    transaction, and shrinks back (freeing the pages) after it.
 
     ``checkpoint=False`` leaves the WAL as the COMMIT wrote it even when it has grown past
     SQLite's autocheckpoint size, for the caller to ``checkpoint()`` off its reply path: a
     STORE on 30,000 rows writes 16 MB, which the checkpoint copies into the database file
     and syncs, 40 ms more.  Left undone, the next commit of any connection does it.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if big:
+        conn.execute(f"PRAGMA cache_size={BIG_CACHE}")
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    if checkpoint:
-        conn.execute("COMMIT")
-        return
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    try:
-        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if checkpoint:
+            conn.execute("COMMIT")
+            return
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            conn.execute("COMMIT")
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
     finally:
-        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
+        if big:
+            conn.execute(f"PRAGMA cache_size={CACHE}")
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
@@ -326,19 +345,62 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple], count: int = 0)
     an error (a duplicate base fails CREATE UNIQUE INDEX as it would fail the insert) rolls
     it all back.  Not with rows there already: rebuilding would cost theirs too.
     """
+    _insert(conn, _INSERT, rows, count)
+
+
+_INSERT = f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+
+def insert_columns(
+    conn: sqlite3.Connection, folder_id: int, modseq: int, columns: dict[str, Sequence]
+) -> None:
+    """Insert new rows of one folder and MODSEQ given by column (every MsgRow field but
+    modseq, each a sequence as long as ``columns["uid"]``), as a sync adds them.
+
+    A bulk insert binds only the columns whose values differ: each bound value costs in
+    executemany, and a first sync's rows share their folder, MODSEQ, subdir and (not read
+    yet) internal date.  The others are written into the statement, which is fine for one
+    statement text per big insert, not for every small one (see ``in_list`` on statement
+    texts); so a small insert binds them all.
+    """
+    count = len(columns["uid"])
+    fixed: dict[str, object] = {}
+    if count >= BULK_ROWS:
+        fixed = {"folder": folder_id, "modseq": modseq}
+        for name in ("internal_date", "subdir", "keywords"):
+            first = columns[name][0]
+            if columns[name].count(first) == count:
+                fixed[name] = first
+    names = ["folder", *MsgRow._fields]
+    bound = [n for n in names if n not in fixed]
+    values = ", ".join(_literal(fixed[n]) if n in fixed else "?" for n in names)
+    statement = f"INSERT INTO messages ({', '.join(names)}) VALUES ({values})"
+    constant = {"folder": folder_id, "modseq": modseq}
+    rows = zip(*(columns[n] if n in columns else repeat(constant[n], count) for n in bound),
+               strict=True)
+    _insert(conn, statement, rows, count)
+
+
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(int(value))
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _insert(conn: sqlite3.Connection, statement: str, rows: Iterable[tuple], count: int) -> None:
     rebuild = count >= BULK_ROWS and conn.execute(_ANY_MESSAGE).fetchone() is None
     dropped = []
     try:
-        for name, statement in conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []:
+        for name, index in conn.execute(_MESSAGE_INDEXES).fetchall() if rebuild else []:
             conn.execute(f'DROP INDEX "{name}"')
-            dropped.append(statement)
+            dropped.append(index)
     except sqlite3.OperationalError:
         pass  # "table is locked": a query of this connection is still reading; insert as is
-    conn.executemany(
-        f"INSERT INTO messages (folder, {MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-    )
-    for statement in dropped:
-        conn.execute(statement)
+    conn.executemany(statement, rows)
+    for index in dropped:
+        conn.execute(index)
 
 
 # The indexes created with CREATE INDEX (a UNIQUE or PRIMARY KEY constraint's has no SQL).

@@ -3,8 +3,9 @@
 Cost model.  A directory is listed only when its mtime (ns) differs from the one recorded at
 the last sync, so an unchanged folder costs two stat() calls and one SELECT.  A listing is
 compared by file name with an in-memory copy of the folder's rows (``KnownFiles``), so only
-names that appeared or vanished are parsed, and only appeared files are stat()ed (for the
-internal date); message bodies are never read.
+names that appeared or vanished are parsed.  Files are not stat()ed: the listing tells
+regular files from the rest, names give sizes, and internal dates are read later, when a
+command asks (index_dates); message bodies are never read.
 
 When an mtime can be trusted.  Directory mtimes have a granularity (a clock tick on older
 kernels, a second on some filesystems), so a change in the same tick as our look leaves
@@ -25,12 +26,25 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import TYPE_CHECKING
 
+from maildir import gcpause
 from maildir import index_sql as sql
-from maildir.index_adds import move_fresh_to_cur, stat_new_files
-from maildir.index_state import KnownFiles, info_name, letters_of_info, split_name, usual_name
+from maildir.index_adds import (
+    BULK,
+    assign_uids,
+    bulk_match,
+    move_fresh_to_cur,
+    new_rows,
+)
+from maildir.index_state import (
+    KnownFiles,
+    info_name,
+    letters_of_info,
+    order_of,
+    split_name,
+    usual_name,
+)
 from maildir.keywords import bits_of_letters, join_keywords, split_keywords
 from maildir.naming import new_unique_name
 
@@ -159,10 +173,15 @@ class _Pass:
         self.raced = False
         self.listed: dict[str, list[str]] = {}
         self.fresh_in_new: list[str] = []  # bases of the ``fresh`` files met in new/
+        self.bulk: tuple | None = None  # columns of cur/'s new files, from ``bulk_match``
 
     def _list(self, subdir: str) -> None:
-        names = os.listdir(self.fi.directory / subdir)
-        self.listed[subdir] = [n for n in names if not n.startswith(".")]
+        # scandir, not listdir: each name comes with its type (d_type), so a directory, FIFO
+        # or socket in cur/ never becomes a message, without a stat() per name.  is_file()
+        # stats only a symlink (followed, as open() will) or where the filesystem does not
+        # give types.
+        with os.scandir(self.fi.directory / subdir) as entries:
+            self.listed[subdir] = [e.name for e in entries if e.name[0] != "." and e.is_file()]
 
     def run(self, todo: list[str], result: SyncResult) -> bool:
         for subdir in DIRS:  # new/ first: a message moving to cur/ meanwhile is seen twice
@@ -178,9 +197,10 @@ class _Pass:
         for subdir, names in vanished.items():
             for name in names:
                 gone[split_name(name)[0]] = self.known.by_dir[subdir][name]
-        found, fresh = self._match(appeared, gone)
-        touched_cur = self._move_new_to_cur(found, fresh)
-        self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
+        with gcpause.paused(sum(map(len, appeared.values()))):
+            found, fresh = self._match(appeared, gone)
+            touched_cur = self._move_new_to_cur(found, fresh)
+            self._apply(found, fresh, gone, self._dir_records(touched_cur), result)
         return self.raced
 
     def _diff(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -197,22 +217,30 @@ class _Pass:
         """Pair appeared names with known messages by base: renames; the rest are new.
 
         Returns ``found``, the renames and the files that need care, and ``fresh``, the
-        plain new files: base -> ``(base, subdir, name, size, letters)``, as
-        ``stat_new_files`` takes them.  In a first sync that is every file, so they are kept
-        as plain tuples, from one regex match each.
+        plain new files: base -> ``(base, subdir, name, size, letters, seconds,
+        microseconds)``, as ``new_rows`` takes them.  In a first sync that is every file,
+        so they are kept as plain tuples, from one regex match each.
         """
         found: dict[str, _Found] = {}
         fresh: dict[str, tuple] = {}
         known_bases = self.known.bases
         for subdir, names in appeared.items():
+            if subdir == "cur" and len(names) >= BULK:
+                bulk = bulk_match(names)
+                if bulk is not None and all(
+                    taken.keys().isdisjoint(bulk[2]) for taken in (gone, found, fresh, known_bases)
+                ):
+                    self.bulk = bulk  # a first sync's cur/: no twins, nothing known
+                    continue
             in_new = self.fresh_in_new if subdir == "new" else None
             for name in names:
                 match = usual_name(name)
                 if match is not None:
-                    base, size, vsize, info = match.groups()
+                    base, secs, usecs, size, vsize, info = match.groups()
                     if not (base in gone or base in found or base in fresh or base in known_bases):
                         size = int(vsize) if vsize else int(size) if size else None
-                        fresh[base] = (base, subdir, name, size, letters_of_info(info))
+                        fresh[base] = (base, subdir, name, size, letters_of_info(info),
+                                       int(secs) if secs else 0, int(usecs) if usecs else 0)
                         if in_new is not None:
                             in_new.append(base)
                         continue
@@ -226,7 +254,7 @@ class _Pass:
         size = vsize if vsize is not None else size
         entry = _Found(gone.pop(base, None), subdir, name, size, letters)
         if base in fresh:  # a plain new file until now, that has a twin
-            _, at, other, other_size, other_letters = fresh.pop(base)
+            _, at, other, other_size, other_letters, _, _ = fresh.pop(base)
             found[base] = _Found(None, at, other, other_size, other_letters)
         holder = found.get(base)
         known = self.known.bases.get(base)
@@ -298,18 +326,22 @@ class _Pass:
     def _apply(self, found, fresh, gone: dict[str, int], dir_values, result: SyncResult) -> None:
         fi, conn, row = self.fi, self.conn, self.row
         fi._keywords.refresh()
+        first = not self.known.bases  # an empty folder: the new rows will be all it has
         live = {b: e for b, e in found.items() if e.subdir is not None}
         adds = list(fresh.values())
-        adds += [(b, e.subdir, e.name, e.size, e.letters) for b, e in live.items() if e.uid is None]
-        new_rows, raced = stat_new_files(str(fi.directory), adds, fi._keywords)
+        adds += [
+            (b, e.subdir, e.name, e.size, e.letters, *order_of(b))
+            for b, e in live.items()
+            if e.uid is None
+        ]
+        # By column: inserted and remembered by zip(), in C, not row by row.
+        columns, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
         self.raced |= raced
-        # By column from here: inserted and remembered by zip(), in C, not row by row.
-        columns = list(zip(*new_rows, strict=True)) or [()] * 8
-        _, names, subdirs, bases, sizes, dates, bits, kws = columns
+        bases, names, subdirs, sizes, dates, bits, kws = columns
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
-        uids = self._assign_uids(bases) if new_rows else []
-        if not (new_rows or updates or expunged):
+        uids = assign_uids(fi, row, self.known, bases) if bases else []
+        if not (uids or updates or expunged):
             # Only the directory records, and only if they differ: a sync that found
             # nothing new usually writes nothing.
             values = {k: v for k, v in dir_values.items() if getattr(row, k) != v}
@@ -317,20 +349,20 @@ class _Pass:
                 with sql.write_txn(conn):
                     sql.update_folder(conn, row.id, **values)
             return
-        with sql.write_txn(conn):
+        fi._built = None
+        with sql.write_txn(conn, big=len(uids) >= sql.BULK_ROWS):
             values = dict(dir_values)
             modseq = None
-            if new_rows or flag_changes or expunged:
+            if uids or flag_changes or expunged:
                 modseq = fi._allocate_modseq(conn, row)
                 values["highestmodseq"] = modseq
             flagged = set(flag_changes)
             updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
-            # strict=False for the endless repeat()s; the columns have one length.
-            added = zip(
-                repeat(row.id), uids, repeat(modseq), bits, kws, sizes, dates, bases, subdirs,
-                names, strict=False,
-            )
-            sql.insert_rows(conn, added, len(uids))
+            if uids:
+                sql.insert_columns(conn, row.id, modseq, {
+                    "uid": uids, "flags": bits, "keywords": kws, "size": sizes,
+                    "internal_date": dates, "base": bases, "subdir": subdirs, "name": names,
+                })
             sql.update_files(conn, row.id, updates)
             if expunged:
                 sql.delete_messages(conn, row.id, expunged, modseq)
@@ -346,6 +378,8 @@ class _Pass:
             known.add_new(uids, bases, subdirs, names)
 
         fi._after_commit(row.version, update_known)
+        if first and not (updates or expunged):
+            fi._built = (row.version + 1, uids, bits, kws)
         result.added.extend(uids)
         result.expunged.extend(expunged)
         result.changed.extend(flag_changes)
@@ -371,24 +405,3 @@ class _Pass:
                 prev._replace(flags=bits, keywords=text, subdir=entry.subdir, name=entry.name)
             )
         return updates, flag_changes
-
-    def _assign_uids(self, bases: list[str]) -> list[int]:
-        row, known = self.row, self.known
-        taken: set[int] | None = None
-
-        def reuse(base: str, uid: int) -> bool:
-            # The uidlist already has this base: keep its UID while the index is rebuilt
-            # (uidnext is still 1) or when a process crashed between the uidlist append and
-            # the index commit (uid >= uidnext: no client saw it).  A lower UID belonged to a
-            # message since expunged, and RFC 3501 UIDs only ever ascend.
-            nonlocal taken
-            if uid < row.uidnext:
-                return False
-            if taken is None:
-                taken = {entry[0] for entry in known.bases.values()}
-            if uid in taken:
-                return False
-            taken.add(uid)
-            return True
-
-        return self.fi._uidlist.assign(bases, reuse)

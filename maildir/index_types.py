@@ -12,12 +12,14 @@ from maildir.keywords import imap_flags
 class MessageInfo(NamedTuple):
     """One message as IMAP sees it.  ``flags`` holds system flags and keywords, e.g.
     ``{"\\Seen", "$Forwarded", "Junk"}``; ``size`` is RFC822.SIZE; ``internal_date`` is
-    seconds since the epoch (the file's mtime when it was indexed)."""
+    seconds since the epoch (the file's mtime).  It is read from the file when first asked
+    for (index_dates), so it is None in what ``changes_since`` and ``store_flags`` return
+    and ``messages(dates=False)`` until something else has read it."""
 
     uid: int
     flags: frozenset[str]
     size: int
-    internal_date: int
+    internal_date: int | None
     modseq: int
 
 

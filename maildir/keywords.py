@@ -96,7 +96,6 @@ def split_keywords(text: str) -> frozenset[str]:
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)
 def imap_flags(bits: int, keywords: str) -> frozenset[str]:
     """IMAP flags of a message from its index columns (cached: folders share few combinations)."""
     names = {name for bit, name in _NAME_OF_BIT.items() if bits & bit}

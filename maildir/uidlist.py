@@ -330,18 +330,24 @@ class UidList:
         with self._mutex:
             self._require_lock()
             uids = self._uids
-            result = []
-            lines = []
             next_uid = self.next_uid
-            # One pass, one write and one fsync however many: a first sync brings 100,000.
-            for base in bases:
-                old = uids.get(base)
-                if old is not None and reuse is not None and reuse(base, old):
-                    result.append(old)
-                    continue
-                result.append(next_uid)
-                lines.append(f"{next_uid} {base}\n")
-                next_uid += 1
+            # One write and one fsync however many: a first sync brings 100,000.
+            if uids.keys().isdisjoint(bases):
+                # The usual case (always, for a folder new to us): all new, so the UIDs and
+                # lines are made in C rather than a loop of ours (a tenth of a first sync).
+                result = list(range(next_uid, next_uid + len(bases)))
+                lines = list(map("{} {}\n".format, result, bases))
+                next_uid += len(bases)
+            else:
+                result, lines = [], []
+                for base in bases:
+                    old = uids.get(base)
+                    if old is not None and reuse is not None and reuse(base, old):
+                        result.append(old)
+                        continue
+                    result.append(next_uid)
+                    lines.append(f"{next_uid} {base}\n")
+                    next_uid += 1
             if next_uid - 1 > MAX_UID:
                 raise OverflowError(f"{self.path}: UIDs exhausted; UIDVALIDITY must change")
             if lines:

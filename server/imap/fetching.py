@@ -98,7 +98,8 @@ class FetchCommands:
         sel = self.selected
         folder = sel.folder
         if info_targets is not None:
-            infos = _infos(folder, [u for _, u in info_targets])
+            dates = any(i.name == "INTERNALDATE" for i in items)
+            infos = _infos(folder, [u for _, u in info_targets], dates)
         uids = [u for _, u in batch]
         kinds = {fetch.cached_kind(i) for i in items} - {None}
         cache = {k: folder.get_cached_many(uids, k) for k in kinds}
@@ -218,8 +219,10 @@ def _pooled(folder, pool, kinds, uids, cache, new_cache, ahead: dict, upcoming) 
                     ahead[kind] = (todo, pending)
 
 
-def _infos(folder, uids: list[int]) -> dict:
-    return folder.get_many(uids)
+def _infos(folder, uids: list[int], dates: bool) -> dict:
+    # Internal dates the index has not read yet are read only for a FETCH that shows them:
+    # a client's first FETCH 1:* (RFC822.SIZE) would stat() every file for nothing.
+    return folder.get_many(uids, dates=dates)
 
 
 def _item(name: str):

@@ -169,7 +169,7 @@ class MessageCommands:
             if sel.condstore:
                 unchanged = [u for _, u in targets if u not in modseqs]
                 if unchanged:
-                    infos = await self.io(sel.folder.get_many, unchanged)
+                    infos = await self.io(sel.folder.get_many, unchanged, False)  # MODSEQs
                     modseqs.update({u: i.modseq for u, i in infos.items()})
             failed_set = set(failed)
             for seq, uid in targets:
@@ -214,7 +214,7 @@ class MessageCommands:
         dest = await self.io(self.mailbox_index.folder, dest_name)
         uids = [u for _, u in targets]
         if not move and self.user.quota_bytes:
-            infos = await self.io(sel.folder.get_many, uids)
+            infos = await self.io(sel.folder.get_many, uids, False)  # sizes only
             await self._check_quota(sum(i.size for i in infos.values()))
         pairs = await self.io(dest_folder_op(sel.folder, move), uids, dest)
         status = await self.io(dest.status)

@@ -317,3 +317,11 @@ def needs_info(key) -> bool:
     if name in ("AND", "OR", "NOT"):
         return any(needs_info(child) for child in key.args)
     return name in ("LARGER", "SMALLER", "MODSEQ", "BEFORE", "ON", "SINCE")
+
+
+def needs_dates(key) -> bool:
+    """True if ``key`` compares INTERNALDATE (which the index may have to read first)."""
+    name = key.name.upper()
+    if name in ("AND", "OR", "NOT"):
+        return any(needs_dates(child) for child in key.args)
+    return name in ("BEFORE", "ON", "SINCE")

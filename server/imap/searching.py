@@ -54,7 +54,10 @@ def _search(sel, key) -> list:
     """
     folder = sel.folder
     with_info = search.needs_info(key) or _uses_modseq(key)
-    infos = {m.uid: m for m in folder.messages()} if with_info else None
+    infos = None
+    if with_info:
+        messages = folder.messages(dates=search.needs_dates(key))
+        infos = {m.uid: m for m in messages}
     if not with_info:
         found = _search_known(sel, key)
         if found is not None:

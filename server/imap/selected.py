@@ -191,7 +191,10 @@ class Selected:
                 return
         view = self.folder.view()
         self.uids = view.uids
-        self.flag_sets.ids = array("I", map(_flag_id, view.flags))
+        # An id per distinct set first (few), then the column in C: not a call per message.
+        for flags in set(view.flags):
+            _flag_id(flags)
+        self.flag_sets.ids = array("I", map(_FLAG_IDS.__getitem__, view.flags))
         self.modseq, self.uidnext = view.highestmodseq, view.uidnext
         self._remember(view.uidvalidity)
 

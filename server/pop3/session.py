@@ -186,7 +186,8 @@ class Session:
         folder.sync()
         self.folder = folder
         self.uidvalidity = folder.status().uidvalidity
-        self.messages = [Message(m.uid, m.size) for m in folder.messages()]
+        # Sizes only: internal dates the index has not read yet stay unread.
+        self.messages = [Message(m.uid, m.size) for m in folder.messages(dates=False)]
 
     # --- TRANSACTION ---
 

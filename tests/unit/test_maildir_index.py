@@ -83,17 +83,46 @@ def snapshot(fi) -> dict[int, frozenset[str]]:
 # -- building and reading ---------------------------------------------------------------------
 
 
+def test_internal_dates_are_read_when_asked_and_stored_off_the_event_loop(root, index):
+    for path, when in zip(deliver_n(root, 3), (3000, 1000, 2000), strict=True):
+        os.utime(path, (when, when))
+    inbox = index.folder("INBOX")
+
+    def stored_dates():
+        with sqlite3.connect(root / DB_NAME) as db:
+            return [d for (d,) in db.execute("SELECT internal_date FROM messages ORDER BY uid")]
+
+    infos, paths = inbox.located([1, 2])  # a FETCH on the event loop: not written
+    assert [infos[u].internal_date for u in (1, 2)] == [3000, 1000]
+    assert stored_dates() == [None, None, None]
+    assert inbox.get(2).internal_date == 1000
+    assert stored_dates() == [None, 1000, None]
+    changes = inbox.changes_since(0)  # a poll wants flags: dates as the index has them
+    assert [m.internal_date for m in changes.messages] == [None, 1000, None]
+    assert [m.internal_date for m in inbox.messages(dates=False)] == [None, 1000, None]
+    assert inbox.get_many([1, 2], dates=False)[1].internal_date is None
+    assert {u: m.internal_date for u, m in inbox.get_many([1, 3]).items()} == {1: 3000, 3: 2000}
+    assert stored_dates() == [3000, 1000, 2000]
+
+
 def test_first_sync_indexes_in_delivery_order_and_moves_new_to_cur(root, index):
     paths = deliver_n(root, 3)
     for path, when in zip(paths, (3000, 1000, 2000), strict=True):
-        os.utime(path, (when, when))  # delivered in the order 2nd, 3rd, 1st
+        os.utime(path, (when, when))  # mtimes that disagree with the names
     inbox = index.folder("INBOX")
     assert os.listdir(root / "new") == []
+    # UIDs in the order of the delivery times in the names, as Dovecot gives them; the
+    # internal dates are the mtimes, read when first asked for.
+    with sqlite3.connect(root / DB_NAME) as db:
+        assert db.execute("SELECT internal_date FROM messages").fetchall() == [(None,)] * 3
     messages = inbox.messages()
     assert [m.uid for m in messages] == [1, 2, 3]
-    assert [m.internal_date for m in messages] == [1000, 2000, 3000]
-    assert [inbox.read(m.uid) for m in messages] == [_body(1), _body(2), _body(0)]
+    assert [m.internal_date for m in messages] == [3000, 1000, 2000]
+    assert [inbox.read(m.uid) for m in messages] == [_body(0), _body(1), _body(2)]
     assert all(m.size == len(_body(0)) and m.flags == frozenset() for m in messages)
+    with sqlite3.connect(root / DB_NAME) as db:
+        assert db.execute("SELECT internal_date FROM messages").fetchall() == [
+            (3000,), (1000,), (2000,)]
     assert all(cur_name(inbox, m.uid).endswith(":2,") for m in messages)
     assert inbox.uidnext == 4
     assert index.folder("inbox") is inbox  # RFC 3501 §5.1: INBOX in any case

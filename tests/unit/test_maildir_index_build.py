@@ -1,13 +1,16 @@
 """maildir.index_sync: the first sync of a folder (its whole cur/ at once) against an oracle.
 
-A first sync takes every plain cur/ name by one regex into a tuple, stats it and inserts
-by column (index_sync ``fresh``); names that need care (new/, twins, unusual shapes) go the
-way of renames.  Whatever the path, a message must get the row parse_name and stat() say,
-and its UID in (mtime, name) order; files vanishing or renamed mid-build lose nothing.
+A first sync takes every plain cur/ name by one regex into a tuple and inserts by column
+(index_sync ``fresh``), with no stat() of a file whose name gives its size; names that need
+care (new/, twins, unusual shapes) go the way of renames.  Whatever the path, a message must
+get the row parse_name says, its UID in the order Dovecot gives (the seconds and microseconds
+in the name, then the name), and, once asked for, its mtime as internal date; files vanishing
+or renamed mid-build lose nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sqlite3
@@ -17,11 +20,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from maildir import create_maildir, parse_name
+from maildir import create_maildir, index_adds, parse_name
 from maildir.index import MailboxIndex
 from maildir.index_sql import DB_NAME
-from maildir.index_state import KnownFiles, usual_name
-from maildir.keywords import LETTER_BITS
+from maildir.index_state import KnownFiles, order_of, usual_name, usual_names
+from maildir.index_sync import _Pass
+from maildir.keywords import LETTER_BITS, imap_flags
 from maildir.uidlist import UIDLIST_NAME
 
 KEYWORDS = {"a": "Junk", "b": "$Label1"}  # dovecot-keywords: letter -> name
@@ -50,6 +54,10 @@ def fill(root: Path, n: int, seed: int = 7) -> None:
     rnd = random.Random(seed)
     for k in range(n):
         base = f"{1700000000 + rnd.randrange(50)}.M{k}P9Q{k}R{k:04x}.host" + "é" * (k % 37 == 0)
+        if k % 11 == 0:  # no microseconds: only the seconds and the name order it
+            base = f"{1700000000 + rnd.randrange(50)}.P{k}Q{k}.host"
+        elif k % 13 == 0:  # no seconds either
+            base = f"x{k}.M{rnd.randrange(5)}.host"
         shape, info = rnd.choice(SHAPES), rnd.choice(INFOS)
         name = shape.format(b=base, s=100 + k, w=120 + k, i=info)
         subdir = "new" if k % 9 == 0 else "cur"
@@ -62,9 +70,28 @@ def fill(root: Path, n: int, seed: int = 7) -> None:
         os.utime(path, ns=(sec * 10**9, sec * 10**9 + nsec))
 
 
-def oracle(root: Path) -> list[tuple]:
+def dovecot_order(base: str) -> tuple[int, int, str]:
+    """maildir_filename_sort_cmp's keys, written out the way Dovecot's C reads them: the
+    leading digits, then the digits after the first "M" of the next dot-separated part."""
+    i, secs, usecs = 0, 0, 0
+    while i < len(base) and "0" <= base[i] <= "9":
+        secs, i = secs * 10 + int(base[i]), i + 1
+    if i < len(base) and base[i] == ".":
+        i += 1
+        while i < len(base) and base[i] not in ".:":
+            i += 1
+            if base[i - 1] == "M":
+                while i < len(base) and "0" <= base[i] <= "9":
+                    usecs, i = usecs * 10 + int(base[i]), i + 1
+                break
+    return secs, usecs, base
+
+
+def oracle(root: Path, dates: bool = False) -> list[tuple]:
     """(uid, flags, keywords, size, internal_date, base, name) of every message file now in
-    the folder, from parse_name and stat() alone: what the index must hold after a sync."""
+    the folder, from parse_name and stat() alone: what the index must hold after a sync.
+    The internal date is None where the name gives the size (not read yet), unless
+    ``dates``: after something asked for them."""
     files = []
     for name in os.listdir(root / "cur"):
         st = os.stat(root / "cur" / name)
@@ -74,11 +101,13 @@ def oracle(root: Path) -> list[tuple]:
         letters = parsed.flags
         bits = sum(bit for letter, bit in LETTER_BITS.items() if letter in letters)
         keywords = " ".join(sorted(KEYWORDS[ch] for ch in set(letters) if ch in KEYWORDS))
-        size = next(s for s in (parsed.vsize, parsed.size, st.st_size) if s is not None)
-        entry = (bits, keywords, size, int(st.st_mtime), parsed.base, name)
-        files.append((st.st_mtime_ns, name, entry))
+        named = next((s for s in (parsed.vsize, parsed.size) if s is not None), None)
+        size = st.st_size if named is None else named
+        date = int(st.st_mtime) if dates or named is None else None
+        entry = (bits, keywords, size, date, parsed.base, name)
+        files.append((dovecot_order(parsed.base), entry))
     files.sort()
-    return [(uid, *entry) for uid, (_, _, entry) in enumerate(files, start=1)]
+    return [(uid, *entry) for uid, (_, entry) in enumerate(files, start=1)]
 
 
 def stored(root: Path) -> list[tuple]:
@@ -102,6 +131,11 @@ def test_first_sync_of_every_name_shape_matches_the_oracle(root):
         assert len(expected) == 400
         assert stored(root) == expected
         assert inbox.uidnext == 401
+        assert {m.internal_date for m in inbox.messages(dates=False)} > {None}
+        # Asked for, every date is the file's mtime, and is stored.
+        dated = oracle(root, dates=True)
+        assert [m.internal_date for m in inbox.messages()] == [row[4] for row in dated]
+        assert stored(root) == dated
         # The file list kept in memory is the one a later process loads from the index.
         known = inbox._known
         with mi.connection() as conn:
@@ -150,9 +184,15 @@ def _stat_that(monkeypatch, act):
     monkeypatch.setattr("maildir.index_adds.os.stat", stat)
 
 
+def _sizeless(root: Path) -> list[str]:
+    """The cur/ names that give no size: the only files a sync stat()s."""
+    return [n for n in sorted(os.listdir(root / "cur"))
+            if parse_name(n).size is None and parse_name(n).vsize is None]
+
+
 def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
     fill(root, 100)
-    victim = sorted(os.listdir(root / "cur"))[40]
+    victim = _sizeless(root)[5]
     _stat_that(monkeypatch, lambda name: name == victim and os.unlink(root / "cur" / name))
     with MailboxIndex(root) as mi:
         inbox = mi.folder("INBOX")
@@ -164,7 +204,7 @@ def test_a_file_deleted_during_the_first_sync_is_not_indexed(root, monkeypatch):
 
 def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypatch):
     fill(root, 100)
-    victim = next(n for n in sorted(os.listdir(root / "cur")) if n.endswith(":2,"))
+    victim = next(n for n in _sizeless(root) if n.endswith(":2,"))
     flagged = victim + "F"
 
     def rename(name):
@@ -183,6 +223,69 @@ def test_a_file_renamed_during_the_first_sync_keeps_its_new_flags(root, monkeypa
     assert last[0] == 100 and last[-1] == flagged and last[1] == LETTER_BITS["F"]
 
 
+def test_dates_of_files_renamed_or_deleted_since_the_sync(root):
+    """A date is read from the name the index has; a file another program renamed since
+    is found by a full sync, and one it deleted is left out (that sync expunges it)."""
+    fill(root, 60)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        first, *rows = stored(root)
+        renamed, deleted = [row for row in rows if row[4] is None][3:5]
+        flagged = renamed[-1].partition(":")[0] + ":2,F"
+        os.rename(root / "cur" / renamed[-1], root / "cur" / flagged)
+        os.unlink(root / "cur" / deleted[-1])
+        got = inbox.get_many([first[0], renamed[0], deleted[0]])
+        assert sorted(got) == [first[0], renamed[0]]
+        mtime = int(os.stat(root / "cur" / flagged).st_mtime)
+        assert got[renamed[0]].internal_date == mtime
+        assert inbox.get(deleted[0]) is None
+        assert inbox.sync().expunged == [deleted[0]]
+    now = {row[0]: row for row in stored(root)}
+    assert now[renamed[0]][4:] == (mtime, renamed[5], flagged)
+    assert now[first[0]][4] == int(os.stat(root / "cur" / first[-1]).st_mtime)
+
+
+def test_a_sized_file_deleted_during_the_first_sync_is_expunged_by_the_next(root, monkeypatch):
+    """Without a stat() a sync cannot tell a file deleted since the listing: it gets a UID
+    (as it would, deleted just after the sync), and the next sync expunges it."""
+    fill(root, 30)
+    victim = next(n for n in sorted(os.listdir(root / "cur")) if parse_name(n).vsize)
+    real = _Pass._list
+
+    def listed_then_deleted(self, subdir):
+        real(self, subdir)
+        if subdir == "cur" and (root / "cur" / victim).exists():
+            os.unlink(root / "cur" / victim)
+
+    monkeypatch.setattr(_Pass, "_list", listed_then_deleted)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox.count == 30
+        [uid] = [row[0] for row in stored(root) if row[-1] == victim]
+        monkeypatch.undo()
+        assert inbox.sync(full=True).expunged == [uid]
+        assert inbox.count == 29
+        assert stored(root) == oracle(root)[: uid - 1] + [
+            (u + 1, *row) for u, *row in oracle(root)[uid - 1 :]]
+
+
+def test_what_is_not_a_regular_file_is_no_message(root):
+    """The listing's file types (d_type) keep directories and FIFOs out, without a stat();
+    a symlink to a message counts, as its target does."""
+    fill(root, 10)
+    target = sorted(os.listdir(root / "cur"))[0]
+    (root / "cur" / "1700000001.M1P1.dir,S=10:2,S").mkdir()
+    os.mkfifo(root / "cur" / "1700000001.M2P1.fifo,S=10:2,S")
+    os.symlink(root / "cur" / target, root / "cur" / "1700000001.M3P1.link,S=10:2,S")
+    os.symlink(root / "nowhere", root / "cur" / "1700000001.M4P1.dangling,S=10:2,S")
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        names = {row[-1] for row in stored(root)}
+        assert "1700000001.M3P1.link,S=10:2,S" in names
+        assert not {"dir", "fifo", "dangling"} & {n.split(".")[2].split(",")[0] for n in names}
+        assert inbox.count == 11 + len(os.listdir(root / "new"))
+
+
 def test_bulk_added_file_list_equals_one_by_one():
     names = [f"{i}.M{i}.host,S={i}:2,S" for i in range(50)]
     bases = [n.partition(",")[0] for n in names]
@@ -198,7 +301,7 @@ def test_bulk_added_file_list_equals_one_by_one():
     assert (bulk.by_dir, bulk.bases) == (single.by_dir, single.bases)
 
 
-@given(st.text(alphabet="ab.,:SW=0127\n\r\udcff", min_size=1, max_size=16))
+@given(st.text(alphabet="ab.,:SMW=0127\n\r\udcff", min_size=1, max_size=16))
 def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
     assume(name not in (".", ".."))  # never listed
     match = usual_name(name)
@@ -206,12 +309,87 @@ def test_a_usual_name_is_indexable_and_split_as_parse_name_does(name):
         return
     assert not any(ch in name for ch in "\n\r\udcff")
     parsed = parse_name(name)
-    assert match.groups() == (
+    base, secs, usecs, *rest = match.groups()
+    assert (int(secs or 0), int(usecs or 0), base) == dovecot_order(parsed.base)
+    assert order_of(base) == dovecot_order(base)[:2]
+    assert (base, *rest) == (
         parsed.base,
         None if parsed.size is None else str(parsed.size),
         None if parsed.vsize is None else str(parsed.vsize),
         parsed.info,
     )
+
+
+@given(st.lists(st.text(alphabet="ab.,:SMW=0127\n\r\udcff", min_size=1, max_size=12),
+                min_size=1, max_size=6))
+def test_a_listing_matched_at_once_is_matched_name_by_name(names):
+    names = [n for n in names if "/" not in n]
+    one_by_one = []
+    for name in names:
+        match = usual_name(name)
+        groups = match.groups() if match else ("",) * 6
+        one_by_one.append(tuple("" if g is None else g for g in groups))
+    assert usual_names("/".join(names) + "/") == one_by_one
+
+
+def fill_usual(root: Path, n: int, seed: int = 5) -> None:
+    """``n`` cur/ files named as deliveries name them (with ,S= and ,W=), in every order
+    shape and with every info: what a first sync takes all at once (``bulk_match``)."""
+    rnd = random.Random(seed)
+    for k in range(n):
+        sec = 1700000000 + rnd.randrange(30)
+        base = [f"{sec}.M{rnd.randrange(99)}P{k}Q{k}.host", f"{sec}.P{k}.host", f"x{k}.M3.host",
+                f"{sec}.M{k}P1.hé"][k % 4]
+        path = root / "cur" / f"{base},S={100 + k},W={120 + k}{rnd.choice(INFOS)}"
+        path.write_bytes(b"x")
+        os.utime(path, (sec, sec))
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_a_first_sync_taken_at_once_matches_the_oracle(root, monkeypatch, twin):
+    monkeypatch.setattr("maildir.index_sync.BULK", 10)
+    fill_usual(root, 300)
+    if twin:  # the same base twice: taken name by name, which renames one
+        name = sorted(os.listdir(root / "cur"))[9]
+        os.link(root / "cur" / name, root / "cur" / (name.partition(":")[0] + ":2,T"))
+    taken = []
+    real = index_adds.bulk_match
+    monkeypatch.setattr("maildir.index_sync.bulk_match", lambda names: taken.append(
+        real(names)) or taken[-1])
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert [t is not None for t in taken] == [not twin]
+        assert stored(root) == oracle(root)
+        view = inbox.view()
+        assert list(view.uids) == list(range(1, 301 + twin))
+        assert view.flags == [imap_flags(bits, kws) for _, bits, kws, *_ in stored(root)]
+        assert [m.internal_date for m in inbox.messages()] == [
+            row[4] for row in oracle(root, dates=True)]
+    assert gc.isenabled()
+
+
+def test_a_rebuilt_index_taken_at_once_keeps_uids_out_of_name_order(root, monkeypatch):
+    """A rebuilt index takes every UID back from the uidlist, whatever order the names
+    would give: the view the first sync hands over is still in UID order."""
+    monkeypatch.setattr("maildir.index_sync.BULK", 10)
+    fill_usual(root, 200)
+    with MailboxIndex(root) as mi:
+        mi.folder("INBOX")
+    path = root / UIDLIST_NAME
+    header, *lines = path.read_text().splitlines()
+    bases = [line.split(" ", 1)[1] for line in lines if not line.startswith("M")]
+    shuffled = random.Random(3).sample(range(1, len(bases) + 1), len(bases))
+    path.write_text("\n".join([header, *(f"{u} {b}" for u, b in zip(shuffled, bases,
+                                                                      strict=True))]) + "\n")
+    for suffix in ("", "-wal", "-shm"):
+        if (root / (DB_NAME + suffix)).exists():
+            os.unlink(root / (DB_NAME + suffix))
+    with MailboxIndex(root) as mi:
+        view = mi.folder("INBOX").view()
+    rows = stored(root)
+    assert {row[-2]: row[0] for row in rows} == dict(zip(bases, shuffled, strict=True))
+    assert list(view.uids) == [row[0] for row in rows] == list(range(1, 201))
+    assert view.flags == [imap_flags(bits, kws) for _, bits, kws, *_ in rows]
 
 
 @pytest.mark.parametrize(
@@ -278,3 +456,14 @@ def test_a_new_dir_we_cannot_move_from_is_indexed_where_it_is(root, monkeypatch)
         assert inbox.count == 45
         in_index = {p.name for p in map(inbox.path, inbox.uids()) if p.parent.name == "new"}
     assert in_index == in_new == set(os.listdir(root / "new"))
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3) | st.integers(999_998, 1_000_001),
+                          st.text("ab", max_size=3)),
+                unique_by=lambda t: t[2]))
+def test_uid_order_is_seconds_microseconds_then_base(keys):
+    """The one-int shortcut and the tuple fallback (ties, microseconds of a million and
+    more) give the same order."""
+    secs, usecs, bases = ([k[i] for k in keys] for i in range(3))
+    order = index_adds._uid_order(secs, usecs, bases)
+    assert [keys[i] for i in order] == sorted(keys)
