@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from maildir import gcpause, index_copy, index_ops
+from maildir import gcpause, index_copy, index_ops, index_reads
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
@@ -285,7 +285,7 @@ class FolderIndex(FolderCache, FolderState):
         """All messages in UID order (one SELECT).  ``dates=False``: internal dates not
         read yet stay None (POP3 and SEARCH without a date key have no use for them, and
         reading them costs a stat() per message the first time; see index_dates)."""
-        rows = list(sql.info_rows(self._conn(), self._id))
+        rows = list(index_reads.info_rows(self._conn(), self._id))
         return _infos(dated(self, rows, 4) if dates else rows)
 
     def uids(self) -> list[int]:
@@ -293,13 +293,13 @@ class FolderIndex(FolderCache, FolderState):
         return [uid for (uid,) in self._conn().execute(query, (self._id,))]
 
     def get(self, uid: int) -> MessageInfo | None:
-        infos = _infos(dated(self, list(sql.info_rows(self._conn(), self._id, uid=uid)), 4))
+        infos = _infos(dated(self, list(index_reads.info_rows(self._conn(), self._id, uid=uid)), 4))
         return infos[0] if infos else None
 
     def get_many(self, uids: Iterable[int], dates: bool = True) -> dict[int, MessageInfo]:
         """The messages of ``uids`` that exist (FETCH): batched queries, not one per UID.
         ``dates=False``: internal dates not read yet stay None, as in ``messages``."""
-        rows = sql.info_rows_of(self._conn(), self._id, uids)
+        rows = index_reads.info_rows_of(self._conn(), self._id, uids)
         return {info.uid: info for info in _infos(dated(self, rows, 4) if dates else rows)}
 
     def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
@@ -330,10 +330,10 @@ class FolderIndex(FolderCache, FolderState):
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
             if modseq <= 0:
-                messages, expunged = _infos(sql.info_rows(conn, self._id)), []
+                messages, expunged = _infos(index_reads.info_rows(conn, self._id)), []
             else:
-                messages = _infos(sql.info_rows(conn, self._id, since=modseq))
-                expunged = sql.expunged_since(conn, self._id, modseq)
+                messages = _infos(index_reads.info_rows(conn, self._id, since=modseq))
+                expunged = index_reads.expunged_since(conn, self._id, modseq)
         return Changes(row.highestmodseq, row.uidnext, messages, expunged, row.uidvalidity)
 
     def view(self) -> View:
@@ -349,7 +349,7 @@ class FolderIndex(FolderCache, FolderState):
                 uids, flags = _built_view(*built[1:])
             else:
                 uids, flags = array("I"), []
-                for uid, bits, keywords in sql.flag_rows(conn, self._id):
+                for uid, bits, keywords in index_reads.flag_rows(conn, self._id):
                     uids.append(uid)
                     flags.append(imap_flags(bits, keywords))
         return View(row.uidvalidity, row.highestmodseq, row.uidnext, uids, flags)
@@ -358,7 +358,7 @@ class FolderIndex(FolderCache, FolderState):
         conn = self._conn()
         with sql.read_txn(conn):
             row = sql.folder_by_id(conn, self._id)
-            count, size, unseen, first = sql.counts(conn, self._id)
+            count, size, unseen, first = index_reads.counts(conn, self._id)
         return FolderStatus(
             row.uidvalidity, row.uidnext, row.highestmodseq, count, unseen, first, size
         )
@@ -388,7 +388,7 @@ class FolderIndex(FolderCache, FolderState):
     def first_unseen(self) -> int | None:
         """UID of the first message without \\Seen (the session maps it to a sequence number);
         one step down the unseen index, not the counts of ``status``."""
-        return sql.first_unseen(self._conn(), self._id)
+        return index_reads.first_unseen(self._conn(), self._id)
 
     @property
     def total_size(self) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from maildir import index_derived
 from maildir import index_sql as sql
 from maildir.index_types import MessageGone
 
@@ -84,10 +85,10 @@ class FolderCache:
             return f.read()
 
     def get_cached(self, uid: int, kind: str) -> bytes | str | None:
-        return sql.get_cache(self._conn(), self._id, [uid], kind).get(uid)
+        return index_derived.get_cache(self._conn(), self._id, [uid], kind).get(uid)
 
     def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes | str]:
-        return sql.get_cache(self._conn(), self._id, uids, kind)
+        return index_derived.get_cache(self._conn(), self._id, uids, kind)
 
     def put_cached(self, uid: int, kind: str, value: bytes | str) -> None:
         self.put_cached_many(kind, [(uid, value)])
@@ -99,22 +100,22 @@ class FolderCache:
         """
         conn = self._conn()
         with sql.write_txn(conn):
-            sql.put_cache(conn, self._id, kind, items)
+            index_derived.put_cache(conn, self._id, kind, items)
 
     def field_values(self, name: str) -> dict[int, bytes]:
         """What ``put_field_values`` stored for header field ``name``, by UID."""
-        return sql.get_fields(self._conn(), self._id, name)
+        return index_derived.get_fields(self._conn(), self._id, name)
 
     def field_uids(self, name: str) -> set[int]:
         """The UIDs whose value of header field ``name`` is stored."""
-        return sql.field_uids(self._conn(), self._id, name)
+        return index_derived.field_uids(self._conn(), self._id, name)
 
     def field_matches(self, name: str, needle: bytes) -> set[int]:
         """The UIDs whose stored value of field ``name`` contains ``needle``."""
-        return sql.field_matches(self._conn(), self._id, name, needle)
+        return index_derived.field_matches(self._conn(), self._id, name, needle)
 
     def put_field_values(self, name: str, items: Iterable[tuple[int, bytes]]) -> None:
         """Remember a header field's (decoded) value per UID, for later searches."""
         conn = self._conn()
         with sql.write_txn(conn):
-            sql.put_fields(conn, self._id, name, items)
+            index_derived.put_fields(conn, self._id, name, items)

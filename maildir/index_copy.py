@@ -15,8 +15,8 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
+from maildir import index_insert, quota
 from maildir import index_sql as sql
-from maildir import quota
 from maildir.flags import with_flags
 from maildir.index_ops import _canonical, _letters, _moved_rows, _removed_bases, expunge
 from maildir.index_state import locate, locked_folders
@@ -98,7 +98,7 @@ def copy(src: FolderIndex, uids, dest: FolderIndex) -> list[tuple[int, int]]:
                     (r, m._replace(uid=u, modseq=modseq))
                     for (r, m), u in zip(made, new_uids, strict=True)
                 ]
-                sql.insert_messages(conn, drow.id, [m for _, m in made])
+                index_insert.insert_messages(conn, drow.id, [m for _, m in made])
                 # A copy has the same bytes, so the same ENVELOPE and BODYSTRUCTURE.
                 conn.executemany(
                     "INSERT OR REPLACE INTO cache (folder, uid, kind, value)"
@@ -165,7 +165,7 @@ def move(src: FolderIndex, uids, dest: FolderIndex) -> list[tuple[int, int]]:
                     (r, m._replace(uid=u, modseq=d_modseq), s)
                     for (r, m, s), u in zip(moved, new_uids, strict=True)
                 ]
-                sql.insert_messages(conn, drow.id, [m for _, m, _ in moved])
+                index_insert.insert_messages(conn, drow.id, [m for _, m, _ in moved])
                 conn.executemany(
                     "UPDATE cache SET folder = ?, uid = ? WHERE folder = ? AND uid = ?",
                     [(drow.id, m.uid, srow.id, r.uid) for r, m, _ in moved],

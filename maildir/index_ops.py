@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from maildir import index_insert, quota
 from maildir import index_sql as sql
-from maildir import quota
 from maildir.deliver import Delivery, deliver
 from maildir.flags import with_flags
 from maildir.index_state import info_name, locate, split_name
@@ -221,7 +221,7 @@ def append(fi: FolderIndex, data: bytes, flags, internal_date) -> int:
                     "cur",
                     target.name,
                 )
-                sql.insert_messages(conn, row.id, [new])
+                index_insert.insert_messages(conn, row.id, [new])
                 values = {
                     "uidnext": fi._uidlist.next_uid,
                     "highestmodseq": modseq,

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from maildir import gcpause
+from maildir import gcpause, index_insert
 from maildir import index_sql as sql
 from maildir.index_adds import (
     BULK,
@@ -359,7 +359,7 @@ class _Pass:
             flagged = set(flag_changes)
             updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
             if uids:
-                sql.insert_columns(conn, row.id, modseq, {
+                index_insert.insert_columns(conn, row.id, modseq, {
                     "uid": uids, "flags": bits, "keywords": kws, "size": sizes,
                     "internal_date": dates, "base": bases, "subdir": subdirs, "name": names,
                 })

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from maildir import Delivery, create_maildir, deliver
+from maildir import Delivery, create_maildir, deliver, index_derived, index_insert
 from maildir import index_sql as sql
 from maildir.index import IDLE_CONNECTIONS, MailboxIndex
 
@@ -106,7 +106,7 @@ def test_a_bulk_insert_into_an_empty_table_builds_the_same_indexes_after(tmp_pat
     conn, statements = _bulk_db(tmp_path)
     before = _schema(conn)
     with sql.write_txn(conn):
-        sql.insert_rows(conn, iter(_rows(1, 50)), 50)
+        index_insert.insert_rows(conn, iter(_rows(1, 50)), 50)
     assert any(s.startswith("DROP INDEX") for s in statements)
     assert _schema(conn) == before
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -115,7 +115,7 @@ def test_a_bulk_insert_into_an_empty_table_builds_the_same_indexes_after(tmp_pat
     # Rows there now: the next big insert goes into the indexes as they are.
     statements.clear()
     with sql.write_txn(conn):
-        sql.insert_rows(conn, _rows(2, 50), 50)
+        index_insert.insert_rows(conn, _rows(2, 50), 50)
     assert not any(s.startswith("DROP INDEX") for s in statements)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -127,7 +127,7 @@ def test_a_failed_bulk_insert_leaves_table_and_indexes_as_they_were(tmp_path, mo
     rows = _rows(1, 50)
     rows.append((1, 51, *rows[0][2:]))  # a second UID for base b1: the unique index refuses
     with pytest.raises(sqlite3.IntegrityError), sql.write_txn(conn):
-        sql.insert_rows(conn, rows, len(rows))
+        index_insert.insert_rows(conn, rows, len(rows))
     assert _schema(conn) == before
     assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
 
@@ -139,7 +139,7 @@ def test_a_bulk_insert_while_the_connection_is_reading_keeps_the_indexes(tmp_pat
     with sql.write_txn(conn):
         reading = conn.execute("SELECT id FROM folders")
         reading.fetchone()  # one of two rows: the statement is still active
-        sql.insert_rows(conn, _rows(1, 50), 50)  # DROP INDEX refused: inserted as it is
+        index_insert.insert_rows(conn, _rows(1, 50), 50)  # DROP INDEX refused: inserted as it is
         reading.close()
     assert _schema(conn) == before
     assert conn.execute("SELECT count(*) FROM messages").fetchone() == (50,)
@@ -158,7 +158,7 @@ def test_a_commit_without_checkpoint_leaves_the_wal_for_checkpoint(tmp_path, mon
         with sql.write_txn(conn, checkpoint=checkpoint):
             conn.execute("INSERT INTO messages VALUES (1, ?, 1, 0, '', 1, 1, ?, 'cur', ?)",
                          (uid, f"b{uid}", f"b{uid}:2,"))
-            sql.put_cache(conn, 1, "k", [(uid, blob)])
+            index_derived.put_cache(conn, 1, "k", [(uid, blob)])
         return path.stat().st_size
 
     before = path.stat().st_size
