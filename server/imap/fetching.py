@@ -119,7 +119,9 @@ class FetchCommands:
             if infos is not None and info is None:
                 missing = True
                 continue
-            if uid not in sel.flags:
+            # The view still has it: where the batch says (no search of 100,000 UIDs per
+            # message), or found by search if the view changed since the batch was made.
+            if not (seq <= len(sel.uids) and sel.uids[seq - 1] == uid) and uid not in sel.flags:
                 missing = True
                 continue
             if changedsince is not None and info.modseq <= changedsince:
