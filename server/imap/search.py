@@ -311,17 +311,21 @@ def header_fields(key) -> set[str]:
     return set()
 
 
+_DATE_KEYS = ("BEFORE", "ON", "SINCE")
+
+
 def needs_info(key) -> bool:
     """True if ``key`` compares size, INTERNALDATE or MODSEQ (the index's message rows)."""
-    name = key.name.upper()
-    if name in ("AND", "OR", "NOT"):
-        return any(needs_info(child) for child in key.args)
-    return name in ("LARGER", "SMALLER", "MODSEQ", "BEFORE", "ON", "SINCE")
+    return _uses(key, ("LARGER", "SMALLER", "MODSEQ", *_DATE_KEYS))
 
 
 def needs_dates(key) -> bool:
     """True if ``key`` compares INTERNALDATE (which the index may have to read first)."""
+    return _uses(key, _DATE_KEYS)
+
+
+def _uses(key, names: tuple[str, ...]) -> bool:
     name = key.name.upper()
     if name in ("AND", "OR", "NOT"):
-        return any(needs_dates(child) for child in key.args)
-    return name in ("BEFORE", "ON", "SINCE")
+        return any(_uses(child, names) for child in key.args)
+    return name in names
