@@ -304,7 +304,9 @@ class FolderIndex(FolderCache, FolderState):
 
     def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
         """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both,
-        on the event loop, so internal dates read here are not stored (index_dates)."""
+        on the event loop, so internal dates read here are not stored, and a message whose
+        date cannot be read (its file renamed or deleted by another program since the last
+        sync) is left out without syncing (index_dates)."""
         directory = str(self.directory)
         infos, paths = {}, {}
         rows = sql.message_rows(self._conn(), self._id, uids)
@@ -314,7 +316,7 @@ class FolderIndex(FolderCache, FolderState):
         for r in rows:
             date = dates.get(r.uid) if r.internal_date is None else r.internal_date
             if date is None:
-                continue  # its file is gone: expunged by the sync read_dates ran
+                continue  # not under its indexed name: left to a FETCH in a thread
             infos[r.uid] = MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size,
                                        date, r.modseq)
             # A path is stale if that sync found the file renamed; a read finds it again.

@@ -56,14 +56,14 @@ def read_dates(fi: FolderIndex, uids: Sequence[int], store: bool = True) -> dict
     since the last sync: one full sync finds the new names (and expunges the deleted, which
     are then missing from the result).  No call holds a transaction open here: each public
     FolderIndex call starts with its connection outside one.  ``store=False``: the dates
-    found are not written, for a caller on the event loop (a FETCH of a message or two),
-    which must not wait for the write lock behind another folder's first sync; reading
-    a few again next time costs less.  What a full sync finds is stored, as it writes anyway.
+    found are not written, and a file not found is left out without a sync, for a caller
+    on the event loop (a FETCH of a message or two), which must not wait for the write
+    lock behind another folder's first sync; reading a few again next time costs less.
     """
     conn = fi._conn()
     dates = _stat(fi, _files(conn, fi._id, uids))
-    if not store and len(dates) == len(uids):
-        return dates
+    if not store:
+        return dates  # the files not found: the caller reads them in a thread
     if len(dates) < len(uids):
         fi._sync_before_change(full=True)
         left = [u for u in uids if u not in dates]

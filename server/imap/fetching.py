@@ -64,7 +64,9 @@ class FetchCommands:
             # small, as a trip to a worker thread costs more than reading them (page cache).
             # Not with ENVELOPE and the like, whose first computation writes to the index.
             infos, paths = sel.folder.located([u for _, u in targets])
-            if sum(info.size for info in infos.values()) <= INLINE_BYTES:
+            if len(infos) < len(targets):
+                infos = None  # a file not where the index says: a thread finds it out
+            elif sum(info.size for info in infos.values()) <= INLINE_BYTES:
                 lines, missing, _, _ = self._fetch_batch(
                     targets, items, args.changedsince, seen, infos, None, paths=paths)
                 if lines:

@@ -196,6 +196,24 @@ def test_envelope_reads_headers_past_the_first_read_and_files_renamed_meanwhile(
     assert b'"long header"' in lines[3] and b'"<deep@remote.test>"' in lines[3]
 
 
+def test_a_message_renamed_before_its_date_was_read_is_still_fetched(r, mx, user):
+    # The index reads a message's internal date when first asked. A FETCH of one message
+    # runs on the event loop without syncing; a file another program renamed since the
+    # last sync sends it to a worker thread, which finds it: never NO [EXPUNGEISSUED].
+    import os
+
+    deliver(mx, user, "renamed before its date", "five", "")
+    lines, _ = r.cmd("n", "NOOP")
+    exists = max(int(x.split()[1]) for x in lines if x.endswith(b"EXISTS"))
+    cur = mx.maildir(user)._path + "/cur"
+    name = max(os.listdir(cur), key=lambda n: os.stat(f"{cur}/{n}").st_mtime_ns)
+    os.utime(f"{cur}/{name}", (1_700_000_000, 1_700_000_000))
+    os.rename(f"{cur}/{name}", f"{cur}/{name.partition(':')[0]}:2,F")
+    lines, done = r.cmd("a", f"FETCH {exists} (INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert done.startswith(b"a OK"), (lines, done)
+    assert any(b'INTERNALDATE "14-Nov-2023 22:13:20 +0000"' in x for x in lines), lines
+
+
 def test_a_few_small_messages_and_a_big_one_read_the_same(r, mx, user):
     # A FETCH of a few small messages is served on the event loop, bigger ones in a worker
     # thread: both must send the stored bytes, and the news that follows.

@@ -105,6 +105,24 @@ def test_internal_dates_are_read_when_asked_and_stored_off_the_event_loop(root, 
     assert stored_dates() == [3000, 1000, 2000]
 
 
+def test_located_leaves_out_a_file_renamed_since_the_sync_without_syncing(root, index):
+    paths = deliver_n(root, 2)
+    inbox = index.folder("INBOX")
+    moved = paths[1].parent.parent / "cur" / (paths[1].name.partition(":")[0] + ":2,S")
+    os.rename(inbox.paths([2])[2], moved)  # another program marks it \Seen
+
+    def indexed_name():
+        with sqlite3.connect(root / DB_NAME) as db:
+            return db.execute("SELECT name FROM messages WHERE uid = 2").fetchone()[0]
+
+    before = indexed_name()
+    infos, _ = inbox.located([1, 2])  # on the event loop: no sync, no write lock
+    assert sorted(infos) == [1]
+    assert indexed_name() == before != moved.name  # nothing synced
+    assert inbox.get_many([2])[2].internal_date is not None  # in a thread: found by a sync
+    assert indexed_name() == moved.name
+
+
 def test_first_sync_indexes_in_delivery_order_and_moves_new_to_cur(root, index):
     paths = deliver_n(root, 3)
     for path, when in zip(paths, (3000, 1000, 2000), strict=True):
