@@ -20,32 +20,13 @@ from pathlib import Path
 
 from server.accounts import AccountStore
 from server.config import SERVICES, load_config
+from tests.support.ports import free_port, free_ports  # noqa: F401 (re-exported for tests)
 
 MAILSTEAD = [sys.executable, "-m", "server"]
 PASSWORD = "correct horse battery"
 # The implemented services; the others stay off so the tests see only what exists.
 RUNNING = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http",
            "admin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` different free ports: all sockets stay bound until every port is picked."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _toml(value) -> str:

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from maildir.safeio import atomic_write, make_private_dir
+from tests.support.ports import free_ports
 
 # No random 0-15 s sleep before validating, no random badNonce (default 5 %), and no reuse of
 # valid authorizations (default 50 %: a test could pass without its responder being asked).
@@ -44,12 +44,6 @@ START_TIMEOUT = 10.0
 
 def pebble_available() -> bool:
     return shutil.which("pebble") is not None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pem_key(key) -> bytes:
@@ -127,7 +121,7 @@ class Pebble:
         # process took one meanwhile, Pebble exits and we try again with new ones.
         for attempt in range(3):
             if attempt or not self.port:  # a restart keeps its ports (and directory URL)
-                self.port, self.mgmt_port = _free_port(), _free_port()
+                self.port, self.mgmt_port = free_ports(2)
             config = {"pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",
                 "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",

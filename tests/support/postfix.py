@@ -69,13 +69,14 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 HOST = "127.0.0.1"
 MAIL_OWNER = "postfix"
@@ -139,12 +140,6 @@ def require_postfix() -> None:
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class PostfixPeer:
