@@ -59,7 +59,7 @@ from maildir import gcpause, index_copy, index_ops, index_reads
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import FolderCache, lends_connections, without_connection
-from maildir.index_dates import dated, read_dates
+from maildir.index_dates import dated, stat_files
 from maildir.index_state import MODSEQ_BLOCK, FolderState
 from maildir.index_sync import SyncResult, dir_fresh, sync_folder
 from maildir.index_types import (
@@ -302,21 +302,27 @@ class FolderIndex(FolderCache, FolderState):
         rows = index_reads.info_rows_of(self._conn(), self._id, uids)
         return {info.uid: info for info in _infos(dated(self, rows, 4) if dates else rows)}
 
-    def located(self, uids: Iterable[int]) -> tuple[dict[int, MessageInfo], dict[int, str]]:
+    def located(self, uids: Iterable[int], dates: bool = True,
+                ) -> tuple[dict[int, MessageInfo], dict[int, str]]:
         """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both,
         on the event loop, so internal dates read here are not stored, and a message whose
         date cannot be read (its file renamed or deleted by another program since the last
-        sync) is left out without syncing (index_dates)."""
+        sync) is left out without syncing: a FETCH in a thread finds it.  ``dates=False``
+        (no INTERNALDATE asked for, as when a client opens a message): unknown dates stay
+        None and no file is stat()ed."""
         directory = str(self.directory)
         infos, paths = {}, {}
         rows = sql.message_rows(self._conn(), self._id, uids)
-        unknown = [r.uid for r in rows if r.internal_date is None]
-        # Not stored: this runs on the event loop (see read_dates).
-        dates = read_dates(self, unknown, store=False) if unknown else {}
+        found = {}
+        if dates:
+            unknown = [(r.uid, r.subdir, r.name) for r in rows if r.internal_date is None]
+            found = stat_files(self, unknown) if unknown else {}
         for r in rows:
-            date = dates.get(r.uid) if r.internal_date is None else r.internal_date
-            if date is None:
-                continue  # not under its indexed name: left to a FETCH in a thread
+            date = r.internal_date
+            if date is None and dates:
+                date = found.get(r.uid)
+                if date is None:
+                    continue  # not under its indexed name: left to a FETCH in a thread
             infos[r.uid] = MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size,
                                        date, r.modseq)
             # A path is stale if that sync found the file renamed; a read finds it again.

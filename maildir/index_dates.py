@@ -49,25 +49,21 @@ def dated(fi: FolderIndex, rows: Sequence[tuple], at: int) -> list[tuple]:
     return result
 
 
-def read_dates(fi: FolderIndex, uids: Sequence[int], store: bool = True) -> dict[int, int]:
+def read_dates(fi: FolderIndex, uids: Sequence[int]) -> dict[int, int]:
     """The internal dates of these UIDs (rows whose date is NULL), read and stored.
 
     A file not found under the name the index has was renamed or deleted by another program
     since the last sync: one full sync finds the new names (and expunges the deleted, which
     are then missing from the result).  No call holds a transaction open here: each public
-    FolderIndex call starts with its connection outside one.  ``store=False``: the dates
-    found are not written, and a file not found is left out without a sync, for a caller
-    on the event loop (a FETCH of a message or two), which must not wait for the write
-    lock behind another folder's first sync; reading a few again next time costs less.
+    FolderIndex call starts with its connection outside one.  A caller on the event loop
+    uses ``stat_files`` instead (see FolderIndex.located).
     """
     conn = fi._conn()
-    dates = _stat(fi, _files(conn, fi._id, uids))
-    if not store:
-        return dates  # the files not found: the caller reads them in a thread
+    dates = stat_files(fi, _files(conn, fi._id, uids))
     if len(dates) < len(uids):
         fi._sync_before_change(full=True)
         left = [u for u in uids if u not in dates]
-        dates.update(_stat(fi, _files(conn, fi._id, left)))
+        dates.update(stat_files(fi, _files(conn, fi._id, left)))
     if dates:
         with sql.write_txn(conn):
             conn.executemany(
@@ -86,8 +82,9 @@ def _files(conn, folder_id: int, uids: Sequence[int]) -> list[tuple]:
     return sql.file_names(conn, folder_id, uids)
 
 
-def _stat(fi: FolderIndex, files: list[tuple]) -> dict[int, int]:
-    """``uid -> int(mtime)`` of ``(uid, subdir, name)`` files that exist."""
+def stat_files(fi: FolderIndex, files: list[tuple]) -> dict[int, int]:
+    """``uid -> int(mtime)`` of ``(uid, subdir, name)`` files that exist; nothing stored,
+    no sync, no lock (a file not found is left out)."""
     dates: dict[int, int] = {}
     for subdir in {entry[1] for entry in files}:
         uids = [uid for uid, at, _ in files if at == subdir]

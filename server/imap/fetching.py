@@ -63,17 +63,23 @@ class FetchCommands:
             # A client opening a message or two: on the event loop when the files are
             # small, as a trip to a worker thread costs more than reading them (page cache).
             # Not with ENVELOPE and the like, whose first computation writes to the index.
-            infos, paths = sel.folder.located([u for _, u in targets])
+            infos, paths = sel.folder.located([u for _, u in targets],
+                                              dates="INTERNALDATE" in names)
             if len(infos) < len(targets):
                 infos = None  # a file not where the index says: a thread finds it out
             elif sum(info.size for info in infos.values()) <= INLINE_BYTES:
-                lines, missing, _, _ = self._fetch_batch(
-                    targets, items, args.changedsince, seen, infos, None, paths=paths)
-                if lines:
-                    yield b"".join(lines)
-                if missing:
-                    raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
-                return
+                try:
+                    lines, missing, _, _ = self._fetch_batch(
+                        targets, items, args.changedsince, seen, infos, None, paths=paths,
+                        inline=True)
+                except _Moved:
+                    infos = None  # finding it takes a sync, which may wait for a lock
+                else:
+                    if lines:
+                        yield b"".join(lines)
+                    if missing:
+                        raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
+                    return
         gone = False
         start = 0
         ahead: dict = {}
@@ -91,12 +97,14 @@ class FetchCommands:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
     def _fetch_batch(self, batch, items, changedsince, seen, infos, info_targets, ahead=None,
-                     upcoming=(), paths=None) -> tuple[list[bytes], bool, int, dict | None]:
+                     upcoming=(), paths=None, inline=False,
+                     ) -> tuple[list[bytes], bool, int, dict | None]:
         """Runs in a worker thread (a few small messages: on the event loop): cache, file
         reads, MIME. ``infos`` is None when only
         flags and UIDs are asked for: the session's view has those; ``info_targets``: read
         the index rows of these first (the first batch), and hand them back for the rest;
-        ``ahead`` and ``upcoming``: see ``_pooled``."""
+        ``ahead`` and ``upcoming``: see ``_pooled``.  ``inline`` (on the event loop): a file
+        not under its indexed name raises _Moved instead of being looked for."""
         sel = self.selected
         folder = sel.folder
         if info_targets is not None:
@@ -133,7 +141,8 @@ class FetchCommands:
                 if paths is None:
                     paths = folder.paths(uids)
                 try:
-                    message = fetch.crlf(_read(folder, uid, paths.get(uid), header_only))
+                    message = fetch.crlf(_read(folder, uid, paths.get(uid), header_only,
+                                               inline))
                 except (OSError, LookupError):
                     missing = True
                     continue
@@ -179,14 +188,20 @@ class FetchCommands:
 INFO_ITEMS = {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
 
 
-def _read(folder, uid: int, path: str | None, header_only: bool) -> bytes:
+class _Moved(Exception):
+    """A file is not where the index says: another program renamed or deleted it."""
+
+
+def _read(folder, uid: int, path: str | None, header_only: bool, inline: bool = False) -> bytes:
     """The message (or as much as holds its header) from ``path``, looked up for the whole
-    batch in one query; a file renamed since by another program is found by ``read``."""
+    batch in one query; a file renamed since by another program is found by ``read``
+    (not ``inline``: that syncs)."""
     if path is not None:
         try:
             return fetch.read_file(path, header_only)
         except FileNotFoundError:
-            pass
+            if inline:
+                raise _Moved from None
     return folder.read(uid)
 
 

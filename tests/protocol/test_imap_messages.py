@@ -214,6 +214,23 @@ def test_a_message_renamed_before_its_date_was_read_is_still_fetched(r, mx, user
     assert any(b'INTERNALDATE "14-Nov-2023 22:13:20 +0000"' in x for x in lines), lines
 
 
+def test_a_message_renamed_after_its_date_was_read_is_still_opened(r, mx, user):
+    # Opening a message reads no date and checks no file before reading it: a file another
+    # program renamed meanwhile fails that read, and a worker thread finds it by a sync.
+    import os
+
+    deliver(mx, user, "renamed after its date", "six", "")
+    lines, _ = r.cmd("n", "NOOP")
+    exists = max(int(x.split()[1]) for x in lines if x.endswith(b"EXISTS"))
+    lines, _ = r.cmd("d", f"FETCH {exists} (INTERNALDATE)")  # the date is read and stored
+    cur = mx.maildir(user)._path + "/cur"
+    name = max(os.listdir(cur), key=lambda n: os.stat(f"{cur}/{n}").st_mtime_ns)
+    os.rename(f"{cur}/{name}", f"{cur}/{name.partition(':')[0]}:2,F")
+    lines, done = r.cmd("a", f"FETCH {exists} (BODY.PEEK[])")
+    assert done.startswith(b"a OK"), (lines, done)
+    assert any(b"renamed after its date" in x for x in lines), lines
+
+
 def test_a_few_small_messages_and_a_big_one_read_the_same(r, mx, user):
     # A FETCH of a few small messages is served on the event loop, bigger ones in a worker
     # thread: both must send the stored bytes, and the news that follows.

@@ -119,6 +119,10 @@ def test_located_leaves_out_a_file_renamed_since_the_sync_without_syncing(root, 
     infos, _ = inbox.located([1, 2])  # on the event loop: no sync, no write lock
     assert sorted(infos) == [1]
     assert indexed_name() == before != moved.name  # nothing synced
+    # Without dates (a client opening a message) no file is looked at: the read finds out.
+    infos, paths = inbox.located([1, 2], dates=False)
+    assert sorted(infos) == [1, 2] and infos[2].internal_date is None
+    assert not os.path.exists(paths[2]) and indexed_name() == before
     assert inbox.get_many([2])[2].internal_date is not None  # in a thread: found by a sync
     assert indexed_name() == moved.name
 
