@@ -40,8 +40,11 @@ def read_file(path: str, header_only: bool = False) -> bytes:
     try:
         if header_only:
             data = os.read(fd, HEADER_READ)
-            if b"\n\n" in data or b"\n\r\n" in data or len(data) < HEADER_READ:
-                return data[:mime.body_offset(data)]  # the body would only be scanned
+            # body_offset bounds its scans by the blank line; a plain ``b"\n\n" in data``
+            # scanned the whole read, a CRLF message's body included (half the read's cost).
+            end = mime.body_offset(data)
+            if end < len(data) or len(data) < HEADER_READ:
+                return data[:end]  # the body would only be scanned
         else:
             # One more than its size: a read that comes back short has reached the end.
             size = os.fstat(fd).st_size

@@ -249,6 +249,13 @@ def _adjacent(addresses: list[list] | None) -> Raw | None:
         + nstring(a[3]) + b")" for a in addresses) + b")")
 
 
+# Encoded address lists by the field value they came from.  In a mailbox the same few
+# values come back again and again (To: is mostly its owner, From: a few hundred
+# correspondents), and parsing and encoding them is half of a first ENVELOPE's cost.
+_ENCODED: dict[bytes, Raw | None] = {}
+_ENCODED_MAX = 4096
+
+
 def envelope(header: bytes) -> list:
     """``[date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to, message-id]``.
 
@@ -261,7 +268,15 @@ def envelope(header: bytes) -> list:
 
     def addresses(name: str) -> Raw | None:
         value = values.get(name)
-        return None if value is None else _adjacent(address_list(value))
+        if value is None:
+            return None
+        encoded = _ENCODED.get(value, _ENCODED)
+        if encoded is _ENCODED:
+            encoded = _adjacent(address_list(value))
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[value] = encoded
+        return encoded
 
     sender_from = addresses("from")
     return [

@@ -286,6 +286,22 @@ def test_envelope_bytes_is_the_encoded_envelope(fields):
     assert mime.envelope_bytes(RFC3501_HEADER) == RFC3501_ENVELOPE
 
 
+def test_remembered_address_lists_are_those_of_their_own_value():
+    from server.imap import mime_address
+
+    def env(frm: str, to: str) -> list:
+        return mime.envelope(f"From: {frm}\r\nTo: {to}\r\n\r\n".encode())
+
+    first = env("Ann <ann@a.test>", "Bob <bob@b.test>")
+    again = env("Bob <bob@b.test>", "Ann <ann@a.test>")  # the same values, swapped
+    assert (first[2], first[5]) == (again[5], again[2])
+    assert b'"ann" "a.test"' in first[2] and b'"bob" "b.test"' in first[5]
+    for i in range(mime_address._ENCODED_MAX + 10):  # more values than are remembered
+        assert f'"u{i}" "c.test"'.encode() in env(f"u{i}@c.test", "x@y.test")[2]
+    assert len(mime_address._ENCODED) <= mime_address._ENCODED_MAX
+    assert env("Ann <ann@a.test>", "Bob <bob@b.test>") == first
+
+
 # --- BODY / BODYSTRUCTURE ---
 
 
