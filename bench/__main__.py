@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += submission.measure(args.messages, args.submission_sessions, details)
         elif part == "imap":
             from bench import imap
-            rows += imap.measure(args.imap_sizes, args.idle, details)
+            rows += imap.measure(args.imap_sizes, args.idle, details,
+                                  rounds=1 if args.quick else 3)
         elif part == "pop3":
             from bench import pop3
             rows += pop3.measure(args.pop3_messages, details)

@@ -347,6 +347,10 @@ class SMTPSection:
         "abuse limits, the workers receive and store the mail, so inbound mail uses more than "
         "one core. 0 receives in the daemon's own process; \"auto\" starts one per CPU (at "
         "most 8) on a machine with two or more, else none.", _workers)
+    parse_workers_from: int = option(
+        10000, "Messages a FETCH must ask for to start the parse helpers: starting them takes "
+        "about a third of a second, the time the daemon takes to parse some 10,000 headers. "
+        "Once running, they serve any FETCH of more than a few dozen.", _int_range(1, 10**9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +375,10 @@ class IMAPSection:
         "uses more than one core and does not hold up other sessions. Started when needed, "
         "stopped after a minute idle. 0 parses in the daemon; \"auto\" is one per CPU (at "
         "most 8) on a machine with two or more, else none.", _workers)
+    parse_workers_from: int = option(
+        10000, "Messages a FETCH must ask for to start the parse helpers: starting them takes "
+        "about a third of a second, the time the daemon takes to parse some 10,000 headers. "
+        "Once running, they serve any FETCH of more than a few dozen.", _int_range(1, 10**9))
 
 
 @dataclass(frozen=True, slots=True)

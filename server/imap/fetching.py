@@ -82,7 +82,9 @@ class FetchCommands:
                     return
         gone = False
         start = 0
-        ahead: dict = {}
+        pool = self.ctx.parse_pool
+        # None: no parse helpers for this FETCH (see parsepool.START_AT).
+        ahead: dict | None = {} if pool is not None and pool.worth_it(len(targets)) else None
         while start < len(targets):
             batch = targets[start:start + BATCH]
             upcoming = [u for _, u in targets[start + BATCH:start + 2 * BATCH]]

@@ -65,7 +65,8 @@ class IMAPContext:
         self.on_junk_move = None
         self._indexes: dict[str, MailboxIndex] = {}
         self._lock = threading.Lock()
-        self.parse_pool = ParsePool(worker_count(config.imap.parse_workers))
+        self.parse_pool = ParsePool(worker_count(config.imap.parse_workers),
+                                    start_at=config.imap.parse_workers_from)
         self.update_config(config)
 
     def update_config(self, config: Config) -> None:

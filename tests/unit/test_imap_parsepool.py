@@ -145,3 +145,14 @@ def test_a_failure_with_work_still_queued_neither_hangs_nor_loses_the_pool(pool,
         time.sleep(0.01)
     assert pool._busy == 0
     assert pool.compute("envelope", paths) == [local("envelope", p) for p in paths]
+
+
+def test_the_processes_start_only_for_a_big_fetch_and_then_serve_smaller_ones(paths):
+    p = ParsePool(2, start_at=1000)
+    try:
+        assert not p.worth_it(999) and p.worth_it(1000)
+        assert not ParsePool(0, start_at=1).worth_it(10**6)  # no processes configured
+        assert p.compute("envelope", paths) is not None  # now they run...
+        assert p.worth_it(parsepool.MIN_BATCH)  # ...and serve a FETCH of a few dozen
+    finally:
+        p.close()
