@@ -141,8 +141,9 @@ class BaseHandler:
         except SMTPError as err:
             reply = err.reply
         finally:
-            log.info("conn=%s id=%s %s from=<%s> rcpts=%d mailboxes=%d remote=%d size=%d "
-                     "result=%s", server.conn_id, txn_id, self.name, envelope.sender,
+            log.info("conn=%s id=%s %s client=[%s] from=<%s> rcpts=%d mailboxes=%d remote=%d "
+                     "size=%d result=%s", server.conn_id, txn_id, self.name, server.peer_ip,
+                     envelope.sender,
                      len(envelope.rcpt_tos), len(envelope.mailboxes), len(envelope.remote),
                      len(data), f"{reply.code} {reply.enhanced}")
         return str(reply)
