@@ -105,3 +105,31 @@ def test_short_synced_write_is_finished(tmp_path, monkeypatch):
     [name] = os.listdir(root / "new")
     assert (root / "new" / name).read_bytes() == b"Delivered-To: x\r\n" + BODY
     assert name.endswith(f",S={len(BODY) + 17},W={len(BODY) + 17}")
+
+
+def test_handoff_commit_returns_only_after_the_directory_fsync(tmp_path, monkeypatch):
+    """The 250 follows ``commit_or_reply``: through an MX worker's Handoff it must not come
+    back before the fsync of new/ has returned."""
+    root = tmp_path / "box"
+    create_maildir(root)
+    events = []
+    real_fsync_dir = deliver_mod.fsync_dir
+
+    def slow_fsync_dir(path):
+        events.append("fsync started")
+        threading.Event().wait(0.2)
+        real_fsync_dir(path)
+        events.append("fsync done")
+
+    monkeypatch.setattr(deliver_mod, "fsync_dir", slow_fsync_dir)
+    handoff = Handoff(2)
+
+    async def transaction():
+        await commit_or_reply(handoff, [Delivery(root, (BODY,))], [None], None, None,
+                              "mx.example.test", "c", "c.1")
+        events.append("acknowledged")
+
+    asyncio.run(transaction())
+    handoff.close()
+    assert events == ["fsync started", "fsync done", "acknowledged"]
+    assert len(os.listdir(root / "new")) == 1
