@@ -19,6 +19,7 @@ from pathlib import Path
 
 from maildir import Delivery, deliver, quota
 from server.smtp import replies
+from server.smtp.handoff import Handoff
 from server.smtp.replies import SMTPError
 
 log = logging.getLogger("mailstead.smtp")
@@ -70,14 +71,16 @@ def commit(deliveries: Sequence[Delivery], quota_roots: Sequence[Path | None],
     return queued.id if queued is not None else None
 
 
-async def commit_or_reply(executor: Executor, deliveries: Sequence[Delivery],
+async def commit_or_reply(executor: Executor | Handoff, deliveries: Sequence[Delivery],
                           quota_roots: Sequence[Path | None], outgoing: Outgoing | None,
                           spool, hostname: str, conn_id: str, txn_id: str) -> str | None:
-    """``commit`` in a worker thread, turning storage failures into 451/452 replies."""
-    loop = asyncio.get_running_loop()
+    """``commit`` in a worker thread (``executor``'s, or a ``Handoff``'s: an MX worker's
+    cheaper trip), turning storage failures into 451/452 replies."""
+    args = (deliveries, quota_roots, outgoing, spool, hostname)
     try:
-        return await loop.run_in_executor(executor, commit, deliveries, quota_roots, outgoing,
-                                          spool, hostname)
+        if isinstance(executor, Handoff):
+            return await executor.run(commit, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, commit, *args)
     except OSError as err:  # DeliveryError is an OSError; so are spool write failures
         code = err.errno or getattr(err.__cause__, "errno", None)
         log.error("conn=%s id=%s storing the message failed: %s", conn_id, txn_id, err)

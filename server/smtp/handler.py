@@ -15,6 +15,7 @@ from server.config import Config
 from server.dnsresolve import make_resolver, verified_reverse_name
 from server.smtp import replies, trace
 from server.smtp.commit import Outgoing, commit_or_reply
+from server.smtp.handoff import Handoff
 from server.smtp.replies import SMTPError, smtp_hook
 from server.smtp.reverse import ReverseNames
 
@@ -32,6 +33,8 @@ cached_parse_address = functools.lru_cache(maxsize=4096)(parse_address)
 class BaseHandler:
     offers_auth = False
     name = "smtp"
+    # Where ``commit`` runs: a Handoff (the MX workers set one), else ``executor``.
+    committer: Handoff | None = None
 
     def __init__(self, config: Config, accounts: acc.AccountStore, executor: Executor, spool,
                  on_queued=None, on_delivered=None):
@@ -141,8 +144,9 @@ class BaseHandler:
         except SMTPError as err:
             reply = err.reply
         finally:
-            log.info("conn=%s id=%s %s from=<%s> rcpts=%d mailboxes=%d remote=%d size=%d "
-                     "result=%s", server.conn_id, txn_id, self.name, envelope.sender,
+            log.info("conn=%s id=%s %s client=[%s] from=<%s> rcpts=%d mailboxes=%d remote=%d "
+                     "size=%d result=%s", server.conn_id, txn_id, self.name, server.peer_ip,
+                     envelope.sender,
                      len(envelope.rcpt_tos), len(envelope.mailboxes), len(envelope.remote),
                      len(data), f"{reply.code} {reply.enhanced}")
         return str(reply)
@@ -156,7 +160,7 @@ class BaseHandler:
         server.delivering = True
         try:
             queue_id = await commit_or_reply(
-                self.executor, deliveries, quota_roots, outgoing, self.spool,
+                self.committer or self.executor, deliveries, quota_roots, outgoing, self.spool,
                 self.config.server.hostname, server.conn_id, txn_id)
         finally:
             server.delivering = False

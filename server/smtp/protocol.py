@@ -21,20 +21,12 @@ import logging
 import os
 import time
 
-from aiosmtpd.smtp import (
-    MISSING,
-    SMTP,
-    Envelope,
-    Session,
-    TLSSetupException,
-    _AuthMechAttr,
-    login_always_fail,
-    syntax,
-)
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from server.addresses import AddressError, parse_path
 from server.smtp import replies
 from server.smtp.data import NOMINAL, TOO_LONG, DataReader
+from server.smtp.fastinit import fast_smtp_init
 
 log = logging.getLogger("mailstead.smtp")
 
@@ -64,72 +56,6 @@ class MailEnvelope(Envelope):
         self.remote: list[str] = []  # addresses that leave through the outbound queue
 
 
-# What aiosmtpd's SMTP.__init__ finds by introspection (inspect.getmembers of the protocol and
-# the handler, dir() twice, the EHLO hook's signature) for every connection -- an eighth of the
-# event loop's time under load. The names depend only on the classes, so they are found once.
-_NAMES: dict[tuple[type, type], tuple[list, list, list]] = {}
-
-
-def _method_names(proto_cls: type, handler_cls: type) -> tuple[list, list, list]:
-    names = _NAMES.get((proto_cls, handler_cls))
-    if names is None:
-        auth = [(getattr(getattr(owner, name), "__auth_mechanism_name__",
-                         name.replace("auth_", "").replace("__", "-")), name, owner is proto_cls)
-                for owner in (proto_cls, handler_cls) for name in dir(owner)
-                if name.startswith("auth_") and callable(getattr(owner, name))]
-        hooks = [name for name in dir(handler_cls) if name.startswith("handle_")]
-        commands = [name for name in dir(proto_cls) if name.startswith("smtp_")]
-        names = _NAMES[(proto_cls, handler_cls)] = (auth, hooks, commands)
-    return names
-
-
-def _fast_smtp_init(self: SMTP, handler, *, loop: asyncio.AbstractEventLoop, hostname: str,
-                    ident: str, tls_context, require_starttls: bool, timeout: float,
-                    auth_required: bool, auth_require_tls: bool, data_size_limit: int,
-                    enable_SMTPUTF8: bool, decode_data: bool, authenticator=None) -> None:
-    """``SMTP.__init__`` (aiosmtpd 1.4) for the arguments the listener passes, with the
-    introspection done once per class (``_method_names``). tests/unit/test_smtp_protocol.py
-    compares the attributes it sets with a plain ``SMTP.__init__``, so an aiosmtpd upgrade
-    that adds one fails there instead of here."""
-    self.__ident__ = ident
-    self.loop = loop
-    asyncio.StreamReaderProtocol.__init__(
-        self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-        client_connected_cb=self._cb_client_connected, loop=loop)
-    self.event_handler = handler
-    self.data_size_limit = data_size_limit
-    self.enable_SMTPUTF8 = enable_SMTPUTF8
-    self._decode_data = decode_data
-    self.command_size_limits.clear()
-    self.hostname = hostname
-    self.tls_context = tls_context
-    self.require_starttls = tls_context and require_starttls
-    self._timeout_duration = timeout
-    self._timeout_handle = None
-    self._tls_handshake_okay = True
-    self._tls_protocol = None
-    self._original_transport = None
-    self.session = None
-    self.envelope = None
-    self.transport = None
-    self._handler_coroutine = None
-    self._auth_require_tls = auth_require_tls
-    self._proxy_timeout = None
-    if authenticator is not None:
-        self._authenticator, self._auth_callback = authenticator, None
-    else:
-        self._authenticator, self._auth_callback = None, login_always_fail
-    auth, hooks, commands = _method_names(type(self), type(handler))
-    self._auth_methods = {mech: _AuthMechAttr(getattr(self if builtin else handler, name),
-                                              builtin) for mech, name, builtin in auth}
-    self._handle_hooks = {name[7:]: getattr(handler, name) for name in hooks}
-    # Our handlers' EHLO hook is the five-argument form ("new" to aiosmtpd).
-    self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
-    self._smtp_methods = {name[5:]: getattr(self, name) for name in commands}
-    self._enforce_call_limit = False
-    self._auth_required = auth_required
-
-
 class SMTPProtocol(SMTP):
     def __init__(self, handler, *, max_errors: int, registry: set[SMTPProtocol],
                  auth_enabled: bool = False, **kwargs):
@@ -146,10 +72,11 @@ class SMTPProtocol(SMTP):
         self._in_helo = False
         self._in_mail = False
         self._close_after_transaction = False
+        self._connected = 0.0
         # aiosmtpd keeps this dict on the class and grows it per EHLO, so one client's EHLOs
         # would raise every other connection's MAIL line limit; each connection gets its own.
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
-        _fast_smtp_init(self, handler, **kwargs)
+        fast_smtp_init(self, handler, **kwargs)
         self._last_data = self.loop.time()
 
     # --- identity and lifetime ---
@@ -172,13 +99,17 @@ class SMTPProtocol(SMTP):
         super().connection_made(transport)
         if first:
             self.registry.add(self)
-            log.info("conn=%s connect from [%s]", self.conn_id, self.peer_ip)
+            self._connected = self.loop.time()
+            # The client's address is in the disconnect line and in each message's line: a
+            # line of its own here was a third of the log lines of a one-message session.
+            log.debug("conn=%s connect from [%s]", self.conn_id, self.peer_ip)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.registry.discard(self)
         if self.reverse_name_task is not None:
             self.reverse_name_task.cancel()
-        log.info("conn=%s disconnect errors=%d transactions=%d", self.conn_id, self.errors,
+        log.info("conn=%s disconnect from [%s] after %.3fs errors=%d transactions=%d",
+                 self.conn_id, self.peer_ip, self.loop.time() - self._connected, self.errors,
                  self.transactions)
         super().connection_lost(error)
 
@@ -211,6 +142,14 @@ class SMTPProtocol(SMTP):
         self._last_data = self.loop.time()
         super().data_received(data)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates its timer at every command. ``_timeout_cb`` measures
+        # the silence itself and re-arms for what is left of it, so one timer per connection
+        # is enough; only a re-arm with a duration (ours, or the PROXY timeout) makes a new one.
+        if duration is None and self._timeout_handle is not None:
+            return
+        super()._reset_timeout(duration)
+
     def _timeout_cb(self) -> None:
         # aiosmtpd arms its timer per command, so a large message arriving slowly would be cut
         # off mid-DATA. The timeout we want is silence: re-arm while bytes keep coming.
@@ -232,9 +171,17 @@ class SMTPProtocol(SMTP):
         if self._greeted and not self._in_helo:
             if self._in_mail and status.startswith("553 5.1.3"):
                 status = str(replies.BAD_SENDER_SYNTAX)  # aiosmtpd says 5.1.3 for both paths
-            status = "\r\n".join(replies.add_enhanced_code(line) for line in status.split("\r\n"))
+            elif not replies.has_enhanced_code(status):  # ours all have one
+                status = "\r\n".join(replies.add_enhanced_code(line)
+                                     for line in status.split("\r\n"))
         self._greeted = True
-        await super().push(status)
+        # aiosmtpd's push, without its drain when the transport is not pushing back (a
+        # coroutine and two calls for every reply, all returning at once).
+        self._writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii",
+                                         "surrogateescape") + b"\r\n")
+        transport = self.transport
+        if self._paused or transport is None or transport.is_closing():
+            await self._writer.drain()
         # Only permanent failures count: 4xx are our own conditions (full, too many recipients)
         # and must not end a transaction that is otherwise going well.
         if status.startswith("5"):

@@ -103,6 +103,15 @@ _DEFAULT_ENHANCED = {
 }
 
 
+_HAS_ENHANCED = re.compile(r"\d{3} [245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def has_enhanced_code(status: str) -> bool:
+    """True for a one-line reply that has its enhanced code already (every ``Reply``): then
+    ``add_enhanced_code`` would return it unchanged."""
+    return "\r\n" not in status and _HAS_ENHANCED.match(status) is not None
+
+
 def add_enhanced_code(line: str) -> str:
     """Return ``line`` with an enhanced status code after the reply code, unless it has one."""
     code, sep, rest = line[:3], line[3:4], line[4:]

@@ -8,8 +8,26 @@ from __future__ import annotations
 
 import email.utils
 import re
+import time
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;\"<>]")
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date(when: float | None) -> str:
+    """RFC 5322 date-time of ``when`` (now if None), local time. Every message's Received
+    header has one and formatdate is slow (a datetime, a time zone, strftime), so the current
+    second's is made once. A tuple is swapped whole: threads may share it."""
+    global _date_cache
+    if when is not None:
+        return email.utils.formatdate(when, localtime=True)
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return cached[1]
 
 
 def _clean(text: str, limit: int = 255) -> str:
@@ -35,9 +53,9 @@ def received(*, helo: str, reverse_name: str | None, ip: str, by: str, protocol:
     by_line = f"\tby {by} (mailstead) with {protocol} id {txn_id}"
     if recipient:
         lines.append(by_line)
-        lines.append(f"\tfor <{recipient}>; {email.utils.formatdate(when, localtime=True)}")
+        lines.append(f"\tfor <{recipient}>; {_date(when)}")
     else:
-        lines.append(f"{by_line}; {email.utils.formatdate(when, localtime=True)}")
+        lines.append(f"{by_line}; {_date(when)}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
@@ -45,7 +63,7 @@ def received_by(*, by: str, protocol: str, txn_id: str, recipient: str | None,
                 when: float | None = None) -> bytes:
     """A Received header that does not say where the message came from: for mail submitted
     by our own users, whose IP address and machine name are nobody else's business."""
-    date = email.utils.formatdate(when, localtime=True)
+    date = _date(when)
     line = f"Received: by {by} (mailstead) with {protocol} id {txn_id}"
     if recipient:
         line += f"\r\n\tfor <{recipient}>"

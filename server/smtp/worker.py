@@ -44,6 +44,7 @@ from server.queue.spool import Spool
 from server.runner import load_tls, setup_logging, tune_tls_buffers
 from server.smtp import replies
 from server.smtp.dispatch import MAX_PACKET, Outbox
+from server.smtp.handoff import Handoff
 from server.smtp.listener import SMTPListener, refuse_socket
 from server.smtp.mx import MXHandler
 from server.spam import SpamFilter
@@ -113,6 +114,8 @@ class WorkerProcess:
         self.handler = MXHandler(config, self.accounts, self.executor, Spool(config.queue_dir),
                                  on_queued=self._queued, on_delivered=self._delivered)
         self.handler.spam = self.spam
+        # Every message is stored in a thread: the cheap trip (handoff.py), not the executor.
+        self.handler.committer = Handoff(16, f"w{index}-store")
         self.listener = SMTPListener("mx", config.listeners()["mx"], self.handler, config,
                                      self.tls)
         self.stopping: asyncio.Future | None = None
@@ -209,6 +212,7 @@ class WorkerProcess:
         self.outbox.drain()
         await self.spam.close()
         await loop.run_in_executor(None, self.executor.shutdown, True)
+        await loop.run_in_executor(None, self.handler.committer.close)
         self.accounts.close()
         return 0
 

@@ -154,9 +154,16 @@ def test_sender_syntax_is_checked(mx):
 def test_transaction_log_line(mx):
     mx.add_user("max@example.test")
     assert mx.send("max@example.test", MSG) == {}
-    log = mx.wait_for_log("mx from=<bob@remote.test> rcpts=1 mailboxes=1 remote=0 size=")
+    log = mx.wait_for_log(
+        "mx client=[127.0.0.1] from=<bob@remote.test> rcpts=1 mailboxes=1 remote=0 size=")
     line = [ln for ln in log.splitlines() if "mailboxes=1" in ln][-1]
     assert "conn=" in line and "result=250 2.0.0" in line
+    # The session's other line, at its end, says who it was; no line of its own at connect.
+    conn = line.split("conn=", 1)[1].split()[0]
+    log = mx.wait_for_log(f"conn={conn} disconnect from [127.0.0.1] after ")
+    [end] = [ln for ln in log.splitlines() if f"conn={conn} disconnect" in ln]
+    assert end.endswith("errors=0 transactions=1")
+    assert f"conn={conn} connect from" not in log
 
 
 def test_helo_client_gets_smtp_protocol(mx):

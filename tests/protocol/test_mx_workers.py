@@ -71,7 +71,8 @@ def test_workers_receive_and_store_and_each_takes_connections(workers):
     # Every message was received by a worker (their log lines say which), none by the
     # daemon's own fallback listener, and both workers took their share.
     log = workers.log()
-    by = re.findall(r"mailstead\.smtp(\[w\d\])?: conn=\w+ id=\S+ mx from=<bob@remote.test>", log)
+    by = re.findall(r"mailstead\.smtp(\[w\d\])?: conn=\w+ id=\S+ mx client=\S+ "
+                    r"from=<bob@remote.test>", log)
     assert len(by) == 20 and "" not in by
     assert {"[w0]", "[w1]"} == set(by)
     assert all(_alive(pid) for pid in pids)

@@ -14,9 +14,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from maildir import Delivery, create_maildir, deliver
 from server.smtp import replies
 from server.smtp.commit import commit_or_reply
+from server.smtp.handoff import Handoff
 from server.smtp.replies import SMTPError
 
 # The module (the package's ``deliver`` attribute is the function of that name).
@@ -60,9 +63,12 @@ def test_synced_write_then_rename_then_directory_fsync(tmp_path, monkeypatch):
         assert (box / "new" / name).read_bytes() == b"Delivered-To: x\r\n" + BODY
 
 
-def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", ["executor", "handoff"])
+def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monkeypatch,
+                                                                  threads):
     """Transactions whose renames a failing fsync of new/ was to make durable each answer
-    451 (the sender retries) and leave nothing behind."""
+    451 (the sender retries) and leave nothing behind; the same through an MX worker's
+    Handoff as through an executor."""
     root = tmp_path / "box"
     create_maildir(root)
     all_renamed = threading.Barrier(6, timeout=10)
@@ -73,14 +79,19 @@ def test_failed_directory_fsync_gives_451_to_each_waiting_message(tmp_path, monk
 
     monkeypatch.setattr(deliver_mod, "fsync_dir", failing_fsync_dir)
 
-    async def transactions():
-        with ThreadPoolExecutor(6) as pool:
-            return await asyncio.gather(*(
-                commit_or_reply(pool, [Delivery(root, (BODY,))], [None], None, None,
-                                "mx.example.test", "c", f"c.{i}") for i in range(6)),
-                return_exceptions=True)
+    async def transactions(pool):
+        return await asyncio.gather(*(
+            commit_or_reply(pool, [Delivery(root, (BODY,))], [None], None, None,
+                            "mx.example.test", "c", f"c.{i}") for i in range(6)),
+            return_exceptions=True)
 
-    results = asyncio.run(transactions())
+    if threads == "executor":
+        with ThreadPoolExecutor(6) as pool:
+            results = asyncio.run(transactions(pool))
+    else:
+        handoff = Handoff(6)
+        results = asyncio.run(transactions(handoff))
+        handoff.close()
     assert all(isinstance(r, SMTPError) and r.reply == replies.LOCAL_ERROR for r in results)
     assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
 
@@ -94,3 +105,31 @@ def test_short_synced_write_is_finished(tmp_path, monkeypatch):
     [name] = os.listdir(root / "new")
     assert (root / "new" / name).read_bytes() == b"Delivered-To: x\r\n" + BODY
     assert name.endswith(f",S={len(BODY) + 17},W={len(BODY) + 17}")
+
+
+def test_handoff_commit_returns_only_after_the_directory_fsync(tmp_path, monkeypatch):
+    """The 250 follows ``commit_or_reply``: through an MX worker's Handoff it must not come
+    back before the fsync of new/ has returned."""
+    root = tmp_path / "box"
+    create_maildir(root)
+    events = []
+    real_fsync_dir = deliver_mod.fsync_dir
+
+    def slow_fsync_dir(path):
+        events.append("fsync started")
+        threading.Event().wait(0.2)
+        real_fsync_dir(path)
+        events.append("fsync done")
+
+    monkeypatch.setattr(deliver_mod, "fsync_dir", slow_fsync_dir)
+    handoff = Handoff(2)
+
+    async def transaction():
+        await commit_or_reply(handoff, [Delivery(root, (BODY,))], [None], None, None,
+                              "mx.example.test", "c", "c.1")
+        events.append("acknowledged")
+
+    asyncio.run(transaction())
+    handoff.close()
+    assert events == ["fsync started", "fsync done", "acknowledged"]
+    assert len(os.listdir(root / "new")) == 1

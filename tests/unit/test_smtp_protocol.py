@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from server.smtp import protocol
+from server.smtp import protocol, replies
 from server.smtp.mx import MXHandler
 from server.smtp.submission import SubmissionHandler
 
@@ -26,7 +27,7 @@ def _kwargs(loop, ctx, submission: bool) -> dict:
 
 
 def _describe(value, handler):
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # protocol.fast_smtp_init binds on lookup
         return {k: _describe(v, handler) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return tuple(_describe(v, handler) for v in value)
@@ -55,7 +56,7 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
         skip = {"_stream_reader_wr", "_stream_reader", "_strong_reader", "conn_id", "errors",
                 "transactions", "max_errors", "auth_enabled", "registry", "reverse_name_task",
                 "delivering", "_greeted", "greeted_elsewhere", "_in_helo", "_in_mail",
-                "_close_after_transaction",
+                "_close_after_transaction", "_connected",
                 "command_size_limits", "_last_data", "_closed", "_client_connected_cb",
                 "_source_traceback", "_loop", "_over_ssl", "_task"}
         fast_attrs = {k: v for k, v in vars(fast).items() if k not in skip}
@@ -141,3 +142,81 @@ def test_worker_reports_go_together_and_drain_sends_the_rest():
         assert outbox.timer is None
 
     _run(scenario, ours, theirs)
+
+
+def test_lazy_methods_bind_on_lookup_and_keep_aiosmtpd_order():
+    """``_smtp_methods`` and ``_auth_methods`` bind when used; what aiosmtpd asks of them (get,
+    [], in, keys, items: HELP and EHLO list them) answers as its dicts would."""
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        handler = MXHandler.__new__(MXHandler)
+        one = protocol.SMTPProtocol(handler, max_errors=10, registry=set(),
+                                    **_kwargs(loop, ctx, False))
+        two = protocol.SMTPProtocol(handler, max_errors=10, registry=set(),
+                                    **_kwargs(loop, ctx, False))
+        methods = one._smtp_methods
+        assert methods.get("QUIT").__func__ is protocol.SMTPProtocol.smtp_QUIT
+        assert methods.get("QUIT").__self__ is one and two._smtp_methods["QUIT"].__self__ is two
+        assert methods.get("BOGUS") is None and "BOGUS" not in methods and "MAIL" in methods
+        with pytest.raises(KeyError):
+            methods["BOGUS"]
+        assert list(methods) == sorted(methods) == [k for k, _ in methods.items()]
+        assert sorted(one._auth_methods.keys()) == ["LOGIN", "PLAIN"]
+        assert one._auth_methods["PLAIN"].is_builtin
+        # The handler's hooks are bound once and shared by its connections.
+        assert one._handle_hooks is two._handle_hooks
+        assert one._handle_hooks["DATA"].__self__ is handler
+    finally:
+        loop.close()
+
+
+def test_one_timer_per_connection_and_it_measures_the_silence():
+    """aiosmtpd re-creates its idle timer at every command; ours is made once and re-armed by
+    ``_timeout_cb`` for what is left of the silence, so a client that keeps talking is never
+    cut off and a silent one is, after ``timeout`` seconds of silence."""
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        smtp = protocol.SMTPProtocol(MXHandler.__new__(MXHandler), max_errors=10,
+                                     registry=set(), **_kwargs(loop, ctx, False))
+        smtp._reset_timeout()
+        first = smtp._timeout_handle
+        smtp._reset_timeout()  # a command: the same timer goes on
+        assert smtp._timeout_handle is first
+        closed = []
+        smtp.close_with = closed.append
+        smtp._last_data = loop.time() - 10  # heard from 10 s ago: 20 s of the 30 left
+        smtp._timeout_cb()
+        assert not closed and smtp._timeout_handle is not first
+        assert 19 < smtp._timeout_handle.when() - loop.time() <= 20
+        smtp._last_data = loop.time() - 31
+        smtp._timeout_cb()
+        assert closed == [replies.TIMEOUT]
+        smtp._timeout_handle.cancel()
+    finally:
+        loop.close()
+
+
+def test_aiosmtpd_log_lines_are_not_sanitized_for_a_logger_that_drops_them(monkeypatch):
+    """aiosmtpd's per-command sanitized_log runs a regex over each client line; with its
+    logger above the level (as the server sets it) that is skipped, and still done when
+    the line is logged."""
+    import logging
+
+    import aiosmtpd.smtp
+
+    from server.smtp import fastinit
+
+    seen = []
+    monkeypatch.setattr(fastinit, "_aiosmtpd_sanitized_log",
+                        lambda func, msg, *args: seen.append(args))
+    logger = logging.getLogger("test.sanitized")
+    logger.setLevel(logging.ERROR)
+    aiosmtpd.smtp.sanitized_log(logger.debug, "%r", b"AUTH PLAIN secret\r\n")
+    aiosmtpd.smtp.sanitized_log(logger.info, "%r", b"MAIL FROM:<a@b>")
+    assert seen == []
+    aiosmtpd.smtp.sanitized_log(logger.error, "%r", b"x")
+    logger.setLevel(logging.DEBUG)
+    aiosmtpd.smtp.sanitized_log(logger.debug, "%r", b"y")
+    assert seen == [(b"x",), (b"y",)]

@@ -16,6 +16,7 @@ from server.smtp.replies import (
     Reply,
     SMTPError,
     add_enhanced_code,
+    has_enhanced_code,
     smtp_hook,
 )
 
@@ -187,3 +188,16 @@ def test_hook_lets_cancellation_through():
 def test_hook_keeps_the_name():
     assert Handler.handle_RCPT.__name__ == "handle_RCPT"
     assert asyncio.iscoroutinefunction(Handler.handle_RCPT)
+
+
+@pytest.mark.parametrize("status", [
+    "250 2.1.0 Sender ok", "550 5.1.1 No such user here", "553 5.1.3", "550 3.0.0 odd",
+    "250 Ok", "250-2.0.0 first", "354 End data", "250 2.0.0 a\r\n250 2.0.0 b", "", "25",
+    "250 2.0 short", "250 2.0.0x", "550 5.123.456 detail"])
+def test_has_enhanced_code_only_where_add_enhanced_code_changes_nothing(status):
+    """The protocol skips add_enhanced_code when this says yes: it must never skip a change."""
+    if has_enhanced_code(status):
+        assert "\r\n" not in status and add_enhanced_code(status) == status
+    assert has_enhanced_code(status) == (status in (
+        "250 2.1.0 Sender ok", "550 5.1.1 No such user here", "553 5.1.3",
+        "550 5.123.456 detail"))

@@ -246,3 +246,20 @@ def test_count_received_capped_at_limit_plus_one():
     assert count_received(msg, 100) == 100
     assert count_received(msg, 99) == 100
     assert count_received(msg, 0) == 1
+
+
+def test_received_date_now_is_the_current_second(monkeypatch):
+    """Without ``when`` the date is now's, made once per second and shared by the headers of
+    that second; a new second makes a new one."""
+    from server.smtp import trace
+
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(trace.time, "time", lambda: now[0])
+    first = received(helo="h", reverse_name=None, ip="192.0.2.7", by="mx.example.com",
+                     protocol="ESMTP", txn_id="a", recipient="x@example.com")
+    assert first.decode().endswith(f"; {email.utils.formatdate(now[0], localtime=True)}\r\n")
+    now[0] += 0.5
+    assert trace._date(None) == email.utils.formatdate(1_700_000_000, localtime=True)
+    now[0] += 1
+    assert trace._date(None) == email.utils.formatdate(1_700_000_001, localtime=True)
+    assert trace._date(1_600_000_000) == email.utils.formatdate(1_600_000_000, localtime=True)
