@@ -18,29 +18,44 @@ from collections import deque
 WINDOW = 3600.0
 
 
+class _Window:
+    """One user's sends in the last hour, and their recipients' running total (a sum over
+    the deque at every MAIL and RCPT made a busy hour's submission quadratic)."""
+
+    __slots__ = ("recipients", "sends")
+
+    def __init__(self) -> None:
+        self.sends: deque[tuple[float, int]] = deque()  # (time, recipients)
+        self.recipients = 0
+
+    def expire(self, now: float) -> None:
+        sends = self.sends
+        while sends and sends[0][0] <= now - WINDOW:
+            self.recipients -= sends.popleft()[1]
+
+
 class SendingLimits:
     def __init__(self, max_messages: int, max_recipients: int, clock=time.monotonic):
         self.max_messages = max_messages
         self.max_recipients = max_recipients
         self.clock = clock
-        self._sent: dict[str, deque[tuple[float, int]]] = {}  # user -> (time, recipients)
+        self._sent: dict[str, _Window] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, user: str, now: float) -> deque[tuple[float, int]]:
-        sent = self._sent.get(user)
-        if sent is None:
-            return deque()
-        while sent and sent[0][0] <= now - WINDOW:
-            sent.popleft()
-        if not sent:
-            del self._sent[user]
-        return sent
+    def _recent(self, user: str, now: float) -> _Window | None:
+        window = self._sent.get(user)
+        if window is not None:
+            window.expire(now)
+            if not window.sends:
+                del self._sent[user]
+                return None
+        return window
 
     def usage(self, user: str) -> tuple[int, int]:
         """(messages, recipients) ``user`` sent in the last hour."""
         with self._lock:
-            sent = self._recent(user, self.clock())
-            return len(sent), sum(n for _, n in sent)
+            window = self._recent(user, self.clock())
+            return (0, 0) if window is None else (len(window.sends), window.recipients)
 
     def may_send(self, user: str) -> bool:
         return self.usage(user)[0] < self.max_messages
@@ -52,6 +67,8 @@ class SendingLimits:
     def sent(self, user: str, recipients: int) -> None:
         now = self.clock()
         with self._lock:
-            sent = self._recent(user, now)
-            sent.append((now, recipients))
-            self._sent[user] = sent
+            window = self._recent(user, now)
+            if window is None:
+                window = self._sent[user] = _Window()
+            window.sends.append((now, recipients))
+            window.recipients += recipients

@@ -191,6 +191,10 @@ def test_messages_and_recipients_per_hour_slide():
     assert s.usage("ann@example.test") == (2, 4)
     clock.now += 2601  # the first message leaves the hour
     assert s.may_send("ann@example.test") and s.usage("ann@example.test") == (1, 1)
+    clock.now += 1000  # and then the second: nothing is kept for her
+    assert s.usage("ann@example.test") == (0, 0) and "ann@example.test" not in s._sent
+    s.sent("ann@example.test", 4)
+    assert s.usage("ann@example.test") == (1, 4)
 
 
 # --- logs and the fail2ban filter ---
