@@ -55,6 +55,11 @@ class Connection:
         self.max_literal = max_literal
         self.commands = self._reader()
         self.bad_in_a_row = 0
+        # Responses not written yet: those of a command whose successor the client already
+        # sent (pipelined, as mbsync does a message at a time) wait for it, so that a run of
+        # commands costs one TLS record and one send, not one each (see ``next_event``).
+        self._out: list[bytes] = []
+        self._out_size = 0
         # login_timeout is how long a connection may take to log in, counted from its start:
         # were it reset by every read, a client trickling a byte at a time (slowloris) would
         # hold a slot for ever without a password.
@@ -71,7 +76,19 @@ class Connection:
     # --- I/O primitives ---
 
     async def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        """Send ``data`` now, after any responses still held."""
+        self._hold(data)
+        await self.flush()
+
+    def _hold(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    async def flush(self) -> None:
+        if self._out:
+            self.writer.write(b"".join(self._out))
+            self._out.clear()
+            self._out_size = 0
         await self.writer.drain()
 
     async def _fill(self) -> None:
@@ -96,6 +113,7 @@ class Connection:
             event = self.commands.next()
             if event is not None:
                 return event
+            await self.flush()  # nothing more to do before the client says more
             await self._fill()
 
     async def read_line(self) -> bytes:
@@ -103,6 +121,7 @@ class Connection:
             line = self.commands.read_line()
             if line is not None:
                 return line
+            await self.flush()
             await self._fill()
 
     # --- the loop ---
@@ -125,7 +144,8 @@ class Connection:
         except asyncio.CancelledError:
             # Shutdown: tell the client, as RFC 3501 §7.1.5 describes, then go.
             try:
-                self.writer.write(responses.untagged("BYE Server shutting down"))
+                self._hold(responses.untagged("BYE Server shutting down"))
+                self.writer.write(b"".join(self._out))
             except (ConnectionError, RuntimeError):
                 pass
             raise
@@ -173,24 +193,21 @@ class Connection:
         else:
             await self._run_session(self.session.execute(cmd))
         if self.session.logged_out:
+            await self.flush()  # the BYE and the tagged OK
             raise Closed("logout")
 
     async def _run_session(self, chunks) -> None:
         # Responses come a line at a time (a FETCH of a big folder is 100,000 lines); each
         # write through TLS is a record of its own, so lines are gathered into ~64 KiB writes.
-        pending: list[bytes] = []
-        size = 0
+        # What is left is held until the client's next command is not already here.
         async for chunk in chunks:
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= WRITE_CHUNK:
-                self.writer.write(b"".join(pending))
-                pending, size = [], 0
+            self._hold(chunk)
+            if self._out_size >= WRITE_CHUNK:
+                self.writer.write(b"".join(self._out))
+                self._out.clear()
+                self._out_size = 0
                 if self.writer.transport.get_write_buffer_size() > READ_SIZE:
                     await self.writer.drain()
-        if pending:
-            self.writer.write(b"".join(pending))
-        await self.writer.drain()
 
     async def _starttls(self, cmd: Command) -> None:
         refusal = self.session.starttls_refusal(self.tls_context is not None)

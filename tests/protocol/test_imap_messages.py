@@ -322,3 +322,34 @@ def test_a_message_deleted_by_another_program_during_a_fetch_is_expungeissued(r,
         assert len(fetched) == 1 and fetched[0].startswith(b"* 3 FETCH"), (what, lines)
     lines, done = r.cmd("c", "NOOP")
     assert b"* 2 EXPUNGE" in lines and done.startswith(b"c OK")
+
+
+def test_pipelined_commands_are_answered_in_order_and_all_of_them(r, mx, user):
+    # Responses to a command whose successor is already here are held and sent with the
+    # next ones (one TLS record for a run of mbsync's one-message FETCHes): every answer must
+    # still come, in order, including the last, which nothing follows.
+    stored = mx.messages(user)
+    r.send("a FETCH 1 (BODY.PEEK[])\r\nb FETCH 2 (BODY.PEEK[])\r\nc NOOP\r\n"
+           "d FETCH 1 (FLAGS)\r\n")
+    seen, lines = [], []
+    while len(seen) < 4:
+        line = r.line()
+        lines.append(line)
+        if line[:1] in b"abcd" and line[1:5] == b" OK ":
+            seen.append(line[:1])
+    assert seen == [b"a", b"b", b"c", b"d"]
+    text = b"\r\n".join(lines)
+    assert stored[0] in text and stored[1] in text
+    assert text.index(stored[0]) < text.index(b"a OK") < text.index(stored[1])
+
+
+def test_a_pipelined_logout_still_sends_everything_before_it(r):
+    r.send("a NOOP\r\nb LOGOUT\r\n")
+    lines = []
+    try:
+        while True:
+            lines.append(r.line())
+    except (ConnectionError, OSError):
+        pass
+    assert lines[0].startswith(b"a OK") and lines[1].startswith(b"* BYE")
+    assert lines[2].startswith(b"b OK") and len(lines) == 3
