@@ -8,7 +8,9 @@ the command allows them (RFC 3501 §7.4.1: not during FETCH, STORE or SEARCH, wh
 messages under the client's feet); until then they wait and the numbers stay.
 
 Memory: a view is two parallel arrays of 4-byte integers (UIDs, and ids of flag sets shared by
-every view in the process), so a thousand clients idling in a big INBOX cost little.
+every view in the process), and the views of a big folder share one read-only copy of those
+(``_Snapshot``) until one of them changes: a thousand clients idling in a 100,000-message
+INBOX hold one 800 KB copy, not a thousand.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class _Flags:
         i = self.view.index_of(uid)
         if i is None:
             raise KeyError(uid)
+        self.view._own()
         self.view.flag_sets[i] = _shared(flags)
 
 
@@ -115,15 +118,28 @@ class _Snapshot(NamedTuple):
     uidvalidity: int
     modseq: int
     uidnext: int
-    uids: array
-    ids: array  # FlagColumn ids: the table behind them only grows, so they stay valid
+    # Read-only memoryviews (format "I") that views use as their columns until they change
+    # one (``Selected._own``): a write to a shared column raises instead of reaching others.
+    uids: memoryview
+    ids: memoryview  # FlagColumn ids: the table behind them only grows, so they stay valid
+
+
+def _frozen(column: array) -> memoryview:
+    return memoryview(column.tobytes()).cast("I")
+
+
+def _thawed(column: array | memoryview) -> array:
+    copy = array("I")
+    copy.frombytes(column.cast("B") if isinstance(column, memoryview) else column)
+    return copy
 
 
 class _Snapshots:
     """The view the last SELECT of each big folder loaded, for the next SELECT in this
-    process: it copies the arrays (2 x 4 bytes a message) and applies only the changes since
-    their MODSEQ instead of reading every row again. Keyed by the FolderIndex object, which
-    is replaced when the folder is deleted or renamed; the least recently used go first."""
+    process: it shares the columns (2 x 4 bytes a message; copied when it changes one) and
+    applies only the changes since their MODSEQ instead of reading every row again.  Keyed
+    by the FolderIndex object, which is replaced when the folder is deleted or renamed; the
+    least recently used go first."""
 
     MIN_MESSAGES = 1000  # smaller folders load in a few milliseconds anyway
     MAX_FOLDERS = 64  # at most 64 x 800 KB for 100,000-message folders
@@ -139,11 +155,12 @@ class _Snapshots:
                 self._by_folder.move_to_end(folder)
             return snap
 
+    def drop(self, folder) -> None:
+        with self._lock:
+            self._by_folder.pop(folder, None)
+
     def __setitem__(self, folder, snap: _Snapshot) -> None:
         with self._lock:
-            if len(snap.uids) < self.MIN_MESSAGES:
-                self._by_folder.pop(folder, None)
-                return
             self._by_folder[folder] = snap
             self._by_folder.move_to_end(folder)
             while len(self._by_folder) > self.MAX_FOLDERS:
@@ -184,10 +201,16 @@ class Selected:
         if snap is not None:
             changes = self.folder.changes_since(snap.modseq)
             if changes.uidvalidity == snap.uidvalidity:
-                self.uids = array("I", snap.uids)
-                self.flag_sets.ids = array("I", snap.ids)
-                self._catch_up(changes)
-                self._remember(changes.uidvalidity)
+                self.uids, self.flag_sets.ids = snap.uids, snap.ids
+                self.modseq, self.uidnext = snap.modseq, snap.uidnext
+                if changes.messages or changes.expunged:
+                    self._own()
+                    self._catch_up(changes)
+                    self._remember(changes.uidvalidity)
+                else:
+                    self.modseq = max(self.modseq, changes.highestmodseq)
+                    self.uidnext = changes.uidnext
+                    self.uidvalidity = changes.uidvalidity
                 return
         view = self.folder.view()
         self.uids = view.uids
@@ -227,8 +250,20 @@ class Selected:
 
     def _remember(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
-        _SNAPSHOTS[self.folder] = _Snapshot(uidvalidity, self.modseq, self.uidnext,
-                                            array("I", self.uids), array("I", self.flag_sets.ids))
+        if len(self.uids) < _Snapshots.MIN_MESSAGES:
+            _SNAPSHOTS.drop(self.folder)
+            return
+        snap = _Snapshot(uidvalidity, self.modseq, self.uidnext, _frozen(self.uids),
+                         _frozen(self.flag_sets.ids))
+        _SNAPSHOTS[self.folder] = snap
+        self.uids, self.flag_sets.ids = snap.uids, snap.ids  # shared until changed
+
+    def _own(self) -> None:
+        """Copy the columns before changing them if they are a snapshot's (shared)."""
+        if isinstance(self.uids, memoryview):
+            self.uids = _thawed(self.uids)
+        if isinstance(self.flag_sets.ids, memoryview):
+            self.flag_sets.ids = _thawed(self.flag_sets.ids)
 
     def refresh(self) -> tuple[list[int], list[int]]:
         """Take in what changed since the last look. Returns (new UIDs, UIDs whose flags
@@ -237,6 +272,8 @@ class Selected:
         self.recent.update(self.folder.sync().added)
         changes = self.folder.changes_since(self.modseq)
         new, changed = [], []
+        if changes.messages:
+            self._own()
         for info in changes.messages:
             i = self.index_of(info.uid)
             if i is not None:
@@ -262,6 +299,7 @@ class Selected:
         session's, nothing else changed the folder in between: the view is then current at
         the STORE's MODSEQ, and the poll after the command need not read the changed rows
         back (30,000 of them for STORE 1:* +FLAGS \\Seen on a big folder)."""
+        self._own()
         uids, ids, count = self.uids, self.flag_sets.ids, len(self.uids)
         fids: dict[frozenset, int] = {}  # the STORE gave its 30,000 messages a few flag sets
         i = 0
@@ -338,6 +376,7 @@ class Selected:
         not been told yet; call ``refresh`` first."""
         out = []
         if allow_expunge and self.pending_expunge:
+            self._own()
             # Highest sequence number first, so each EXPUNGE's number is still right when
             # the client applies them in order.
             for seq in sorted((self.seq_of(u) for u in self.pending_expunge), reverse=True):

@@ -187,3 +187,26 @@ def test_select_by_sequence_numbers_names_each_message_once_in_order(text):
     reference = [(seq, view.uids[seq - 1]) for seq in selected_seqset(text).values(n)]
     assert view.select(selected_seqset(text), uid=False) == reference
     assert [seq for seq, _ in reference] == sorted({seq for seq, _ in reference})
+
+
+def test_views_of_a_folder_share_one_copy_until_one_of_them_changes(index):
+    add(index, 20)
+    a, b = load(index), load(index)
+    assert a.uids.obj is b.uids.obj and a.flag_sets.ids.obj is b.flag_sets.ids.obj
+    before = state(b)
+    inbox = index.folder("INBOX")
+    # a's own STORE, a flag set by its FETCH, and an expunge it reports: b never sees them
+    # until its own poll, and the snapshot a third session starts from stays as it was.
+    a.stored(inbox.store_flags([3], {FLAGGED}, "add")[0])
+    a.flags[4] = frozenset({SEEN})
+    inbox.expunge([5])
+    a.refresh()
+    a.updates(allow_expunge=True)
+    assert a.flags[3] == frozenset({FLAGGED}) and 5 not in a.uids
+    assert state(b) == before and b.flags[3] == frozenset()
+    snap = selected._SNAPSHOTS.get(inbox)
+    assert list(snap.uids) == before[0]
+    b.refresh()  # new flags and the expunge, kept for b to report when it may
+    assert b.flags[3] == frozenset({FLAGGED}) and b.pending_expunge == {5}
+    with pytest.raises(TypeError):  # a shared column cannot be written by mistake
+        snap.ids[0] = 1
