@@ -62,6 +62,12 @@ def test_idle_timeout_logs_out(fresh):
     with Raw(fresh) as r:
         r.login("sleepy@example.test")
         assert r.line().startswith(b"* BYE Autologout") and r.closed()
+    with Raw(fresh) as r:  # the clock starts again at each command: a chatty client stays
+        r.login("sleepy@example.test")
+        for tag in "abcd":
+            time.sleep(0.6)
+            assert r.cmd(tag, "NOOP")[1].startswith(tag.encode() + b" OK")
+        assert r.line().startswith(b"* BYE Autologout") and r.closed()
 
 
 def test_session_limit_per_user(fresh):
