@@ -277,3 +277,18 @@ def test_copy_move_expunge():
         "UID EXPUNGE: expected a space before the UID set, found end of line")
     assert error(b"a COPY 1").message == (
         "COPY: expected a space before the destination mailbox, found end of line")
+
+
+def test_a_fetch_item_list_seen_before_parses_the_same_with_its_own_messages():
+    # The item list after the sequence set is remembered: the messages, UID-ness and
+    # modifiers must still be the command's own, and an error must be raised every time.
+    first = parse(b"a FETCH 1 (BODY.PEEK[] FLAGS)")
+    again = parse(b"b FETCH 7:9 (BODY.PEEK[] FLAGS)")
+    assert first.args.items == again.args.items
+    assert first.args.seqset != again.args.seqset and again.tag == "b"
+    assert parse(b"c UID FETCH 5 (FLAGS) (CHANGEDSINCE 12 VANISHED)").args.vanished
+    for _ in range(2):
+        assert "VANISHED is only allowed" in error(
+            b"d FETCH 5 (FLAGS) (CHANGEDSINCE 12 VANISHED)").message
+        assert "unexpected" in error(b"e FETCH 5 FLAGS)").message
+        assert "FETCH item" in error(b"f FETCH 5 (FLAGZ[)").message

@@ -214,8 +214,21 @@ def _fetch_modifiers(buf: Buf, uid: bool) -> tuple[tuple[int | None, bool], Buf]
     return (seen.get("CHANGEDSINCE"), vanished), buf
 
 
+# What follows the sequence set -> (items, changedsince, vanished, bytes left over).  A client
+# sends the same few item lists again and again with other messages (mbsync: one FETCH per
+# message), and parsing the list is most of parsing the command.
+_FETCH_TAILS: dict[tuple[bytes, bool], tuple] = {}
+_FETCH_TAILS_MAX = 512
+_TAIL_KEPT = 256  # longer item lists are parsed each time
+
+
 def parse_fetch(buf: Buf, uid: bool = False) -> tuple[Fetch, Buf]:
     messages, buf = seqset.parse(sp(buf, "the sequence set"))
+    key = (bytes(buf), uid) if len(buf) <= _TAIL_KEPT else None
+    known = _FETCH_TAILS.get(key) if key is not None else None
+    if known is not None:
+        items, changedsince, vanished, left = known
+        return Fetch(messages, items, changedsince, vanished), buf[len(buf) - left:]
     buf = sp(buf, "the FETCH items")
     if buf[:1] == b"(":
         groups, buf = plist(buf, _item, "the FETCH item list")
@@ -225,7 +238,12 @@ def parse_fetch(buf: Buf, uid: bool = False) -> tuple[Fetch, Buf]:
     changedsince, vanished = None, False
     if buf[:1] == b" ":
         (changedsince, vanished), buf = _fetch_modifiers(buf[1:], uid)
-    return Fetch(messages, tuple(dict.fromkeys(items)), changedsince, vanished), buf
+    items = tuple(dict.fromkeys(items))
+    if key is not None:
+        if len(_FETCH_TAILS) >= _FETCH_TAILS_MAX:
+            _FETCH_TAILS.clear()
+        _FETCH_TAILS[key] = (items, changedsince, vanished, len(buf))
+    return Fetch(messages, items, changedsince, vanished), buf
 
 
 def parse_uid_fetch(buf: Buf) -> tuple[Fetch, Buf]:
