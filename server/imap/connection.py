@@ -18,6 +18,7 @@ import ssl
 
 from server.imap import responses
 from server.imap.parser import Command, CommandReader, NeedLiteral, ParseError
+from server.readtimer import ReadTimer
 from server.tlscert import HANDSHAKE_TIMEOUT, close_stream
 
 log = logging.getLogger("mailstead.imap")
@@ -64,13 +65,7 @@ class Connection:
         # were it reset by every read, a client trickling a byte at a time (slowloris) would
         # hold a slot for ever without a password.
         self.login_deadline = asyncio.get_running_loop().time() + login_timeout
-        # One timer per connection, moved lazily (``_expire``), instead of an asyncio.timeout
-        # per read: a Timeout object, a timer handle and its cancellation for every command.
-        self._deadline = 0.0
-        self._reading = False
-        self._timed_out = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self.timer = ReadTimer(reader)
 
     def _reader(self) -> CommandReader:
         return CommandReader(max_line=PREAUTH_LIMIT, max_literal=PREAUTH_LIMIT)
@@ -101,42 +96,17 @@ class Connection:
     async def _fill(self) -> None:
         # RFC 3501 §5.4's 30 minutes are for users; a connection that has not logged in
         # gets a minute in all, so silent or trickling connections cannot hold every slot.
-        loop = asyncio.get_running_loop()
         if self.session.user is not None:
-            self._deadline = loop.time() + self.idle_timeout
+            deadline = asyncio.get_running_loop().time() + self.idle_timeout
         else:
-            self._deadline = self.login_deadline
-        if self._timer is None or self._timer_at > self._deadline:
-            self._arm(loop)
-        self._reading = True
-        try:
-            data = await self.reader.read(READ_SIZE)
-        finally:
-            self._reading = False
-        if self._timed_out:
+            deadline = self.login_deadline
+        data = await self.timer.wait(self.reader.read(READ_SIZE), deadline)
+        if self.timer.timed_out:
             await self.write(responses.untagged("BYE Autologout; idle for too long"))
             raise Closed("idle timeout")
         if not data:
             raise Closed("client closed the connection")
         self.commands.feed(data)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = self._deadline
-        self._timer = loop.call_at(self._deadline, self._expire, loop)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer: ends a read that has waited past its deadline (the reader then sees
-        the end of the stream), else waits again for the deadline as it is now."""
-        self._timer = None
-        if not self._reading:
-            return  # the next read arms it again
-        if loop.time() >= self._deadline:
-            self._timed_out = True
-            self.reader.feed_eof()
-        else:
-            self._arm(loop)
 
     async def next_event(self):
         while True:
@@ -182,8 +152,7 @@ class Connection:
         except (ConnectionError, ssl.SSLError) as err:
             log.info("conn=%s connection lost: %s", self.session.conn_id, err)
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self.timer.cancel()
             await self.session.close()
             await self._close()
 

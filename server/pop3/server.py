@@ -12,6 +12,7 @@ import ssl
 from server.abuse import BANNED, RATE, Guard, Refused
 from server.config import Config, Listen
 from server.pop3.session import Reply, Session
+from server.readtimer import ReadTimer
 from server.smtp.protocol import new_conn_id
 from server.tlscert import HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT, close_stream
 
@@ -135,6 +136,7 @@ class Connection:
         # login_timeout counts from the connection's start, not from the last line: a client
         # sending CAPA every minute (or a byte at a time) must not hold a slot without logging in.
         self.login_deadline = asyncio.get_running_loop().time() + config.login_timeout
+        self.timer = ReadTimer(reader)
 
     async def write(self, chunks: list[bytes]) -> None:
         self.writer.writelines(chunks)
@@ -142,25 +144,26 @@ class Connection:
 
     async def line(self) -> bytes | None:
         if self.session.user:
-            timeout = self.config.idle_timeout
+            deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
         else:
-            timeout = self.login_deadline - asyncio.get_running_loop().time()
+            deadline = self.login_deadline
+        timer = self.timer
         try:
-            data = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
-        except TimeoutError:
-            await self.write([b"-ERR [SYS/TEMP] Autologout; idle for too long\r\n"])
-            return None
-        except asyncio.LimitOverrunError as err:
-            # Drop the whole line, however long, then answer once: it is not a command.
-            await self.reader.readexactly(err.consumed)
-            while True:
-                try:
-                    await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
-                    break
-                except asyncio.LimitOverrunError as more:
-                    await self.reader.readexactly(more.consumed)
-            return b"\x00too long"
+            try:
+                data = await timer.wait(self.reader.readuntil(b"\n"), deadline)
+            except asyncio.LimitOverrunError as err:
+                # Drop the whole line, however long, then answer once: it is not a command.
+                await self.reader.readexactly(err.consumed)
+                while True:
+                    try:
+                        await timer.wait(self.reader.readuntil(b"\n"), deadline)
+                        break
+                    except asyncio.LimitOverrunError as more:
+                        await self.reader.readexactly(more.consumed)
+                return b"\x00too long"
         except asyncio.IncompleteReadError:
+            if timer.timed_out:
+                await self.write([b"-ERR [SYS/TEMP] Autologout; idle for too long\r\n"])
             return None
         return data.rstrip(b"\r\n")
 
@@ -203,6 +206,7 @@ class Connection:
         except (ConnectionError, ssl.SSLError) as err:
             log.info("conn=%s connection lost: %s", session.conn_id, err)
         finally:
+            self.timer.cancel()
             # Without QUIT nothing is deleted (RFC 1939 §6): DELE only marked the snapshot.
             await session.close()
             task = asyncio.current_task()

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from server.authlimit import check_password
-from server.imap.fetch import crlf
+from server.imap.fetch import crlf, read_file
 
 log = logging.getLogger("mailstead.pop3")
 
@@ -225,6 +225,16 @@ class Session:
                                                    for n, m in self._live()), b".\r\n"]
 
     async def _read(self, m: Message) -> bytes:
+        if m.size <= INLINE_BYTES:
+            # A download client's RETR of a usual message: read on the event loop from the
+            # path the index has, as a trip to a worker thread costs more than the read
+            # (page cache).  A file renamed since (another program) is looked for in a thread.
+            path = self.folder.paths([m.uid]).get(m.uid)
+            if path is not None:
+                try:
+                    return crlf(read_file(path))
+                except FileNotFoundError:
+                    pass
         loop = asyncio.get_running_loop()
         try:
             return crlf(await loop.run_in_executor(self.ctx.executor, self.folder.read, m.uid))
@@ -319,6 +329,7 @@ class Session:
 
 
 SEEN_BATCH = 500
+INLINE_BYTES = 256 * 1024  # a RETR of a message this small reads it on the event loop
 
 AUTH_ONLY = (AUTHORIZATION,)
 TRANS_ONLY = (TRANSACTION,)

@@ -161,6 +161,22 @@ def test_retr_marks_seen_and_imap_sees_pop3_deletions(mx, user):
         assert b"* 1 FETCH (FLAGS (\\Seen))" in lines
 
 
+def test_retr_of_a_message_another_program_renamed_meanwhile(mx, user):
+    # RETR reads a small message on the event loop from the name the index has; a file
+    # renamed since (a flag set by another program) is then found in a worker thread.
+    import os
+
+    deliver(mx, user, "renamed under pop")
+    p = pop(mx, user)
+    box = mx.maildir(user)._path
+    for sub in ("new", "cur"):
+        for name in os.listdir(f"{box}/{sub}"):
+            os.rename(f"{box}/{sub}/{name}", f"{box}/cur/{name.partition(':')[0]}:2,F")
+    _, lines, _ = p.retr(1)
+    assert b"Subject: renamed under pop" in lines
+    p.quit()
+
+
 def test_retr_is_marked_seen_when_the_client_hangs_up_without_quit(mx, user):
     deliver(mx, user, "read, then the line dropped")
     deliver(mx, user, "not read")
@@ -211,6 +227,20 @@ def test_login_timeout(fresh):
     r = Raw(fresh)
     time.sleep(1.5)
     assert r.line().startswith(b"-ERR [SYS/TEMP] Autologout")
+    r.close()
+
+
+def test_idle_timeout_counts_from_each_command(fresh):
+    fresh.add_user("slow@example.test")
+    fresh.append_config("[pop3]\nidle_timeout = 1")
+    fresh.start()
+    r = Raw(fresh)
+    assert r.cmd("USER slow@example.test").startswith(b"+OK")
+    assert r.cmd(f"PASS {PASSWORD}").startswith(b"+OK")
+    for _ in range(3):  # a command every 0.6 s keeps it
+        time.sleep(0.6)
+        assert r.cmd("NOOP").startswith(b"+OK")
+    assert r.line().startswith(b"-ERR [SYS/TEMP] Autologout")  # then a silent second ends it
     r.close()
 
 
