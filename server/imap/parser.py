@@ -204,6 +204,11 @@ class CommandReader:
         (RFC 3501 §6.2.1)."""
         return len(self._buf)
 
+    def more_waiting(self) -> bool:
+        """Whether a line of another command has already arrived (pipelining): a cheap
+        guess, never wrong about an empty buffer."""
+        return self._buf.find(b"\n", self._end) >= 0
+
     def next(self) -> Command | NeedLiteral | ParseError | None:
         self._discard()
         if self._skip or self._skip_line:

@@ -322,3 +322,12 @@ def test_a_prefix_never_yields_a_command_early():
     for n in range(len(STREAM)):
         part = chunked(STREAM[:n], [], **LIMITS)
         assert part == whole[: len(part)], n
+
+
+def test_more_waiting_tells_a_pipelined_command_from_a_partial_one():
+    r = CommandReader()
+    r.feed(b"a NOOP\r\nb NOOP\r\nc NO")
+    assert r.next().tag == "a" and r.more_waiting()
+    assert r.next().tag == "b" and not r.more_waiting()  # "c NO" is not a line yet
+    r.feed(b"OP\r\n")
+    assert r.more_waiting() and r.next().tag == "c" and not r.more_waiting()
