@@ -143,8 +143,8 @@ class FetchCommands:
                 if paths is None:
                     paths = folder.paths(uids)
                 try:
-                    message = fetch.crlf(_read(folder, uid, paths.get(uid), header_only,
-                                               inline))
+                    path = paths.get(uid)
+                    message = fetch.crlf(_read(folder, uid, path, header_only, inline), path)
                 except (OSError, LookupError):
                     missing = True
                     continue

@@ -232,7 +232,7 @@ class Session:
             path = self.folder.paths([m.uid]).get(m.uid)
             if path is not None:
                 try:
-                    return crlf(read_file(path))
+                    return crlf(read_file(path), path)
                 except FileNotFoundError:
                     pass
         loop = asyncio.get_running_loop()

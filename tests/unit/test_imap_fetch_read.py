@@ -53,3 +53,16 @@ def test_located_is_get_many_and_paths_in_one(tmp_path):
     infos, paths = fi.located([1, 2, 5])
     assert infos == fi.get_many([1, 2, 5]) and paths == fi.paths([1, 2, 5])
     assert set(infos) == {1, 2} and infos[2].flags == {"\\Seen", "$Label1"}
+
+
+def test_a_name_whose_sizes_agree_skips_the_line_end_count_and_others_are_converted():
+    from server.imap.fetch import crlf, named_crlf
+
+    assert named_crlf("/m/cur/1.M1P1.host,S=5093,W=5093:2,FS")
+    assert named_crlf("/m/new/1.M1P1.host,W=12,S=12")
+    for path in ("/m/cur/1.M1P1.host,S=5093,W=5101:2,S", "/m/cur/1.M1P1.host:2,S",
+                 "/m/cur/1.M1P1.host,S=12:2,", "/m/cur/1.M1P1,S=,W=:2,"):
+        assert not named_crlf(path), path
+    bare = b"Subject: x\n\nbody\n"
+    assert crlf(bare, "/m/cur/1.M1P1.host,S=17,W=20:2,") == bare.replace(b"\n", b"\r\n")
+    assert crlf(bare, "/m/cur/1.M1P1.host:2,") == bare.replace(b"\n", b"\r\n")
