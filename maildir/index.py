@@ -449,9 +449,9 @@ class FolderIndex(FolderCache, FolderState):
         uids = list(uids)
         answered = []
 
-        def early(rows, failed) -> None:
-            answered.append((_changed(rows), failed))
-            replied(*answered[0])
+        def early(changed, failed) -> None:
+            answered.append((changed, failed))
+            replied(changed, failed)
 
         with gcpause.paused(len(uids)):
             rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince,

@@ -27,9 +27,11 @@ from maildir.deliver import Delivery, deliver
 from maildir.flags import with_flags
 from maildir.index_state import info_name, locate, split_name
 from maildir.index_sync import dir_fresh, own_change_record
+from maildir.index_types import MessageInfo
 from maildir.keywords import (
     DELETED,
     bits_of_letters,
+    imap_flags,
     join_keywords,
     letters_of_bits,
     parse_flags,
@@ -68,9 +70,9 @@ def _apply_mode(mode: str, bits: int, kws: set[str], arg_bits: int, arg_kws: set
 def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince, replied=None):
     """Returns (changed rows with their new MODSEQ, UIDs refused by UNCHANGEDSINCE).
 
-    ``replied(rows, failed)``, if given, is called with that result as soon as the files
-    are renamed, when WRITE_BEHIND_ROWS or more were: the caller may answer its client
-    then, while the rows are written (see ``_rows_behind``)."""
+    ``replied(infos, failed)``, if given, is called with that result (as MessageInfos) as
+    soon as the files are renamed, when WRITE_BEHIND_ROWS or more were: the caller may
+    answer its client then, while the rows are written (see ``_rows_behind``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     arg_bits, arg_kws = parse_flags(flags)
@@ -116,14 +118,15 @@ def store_flags(fi: FolderIndex, uids, flags, mode, unchangedsince, replied=None
         with ExitStack() as until_committed:
             with sql.write_txn(conn, checkpoint=not defer):
                 modseq = fi._allocate_modseq(conn, row)
-                done = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
-                                   "cur", name) for r, bits, text, name in moved]
                 if behind:
                     # Holding SQLite's write lock already: a reader in a transaction of its
                     # own that waits at the door (_rows_behind) cannot hold up the commit.
                     # The MODSEQ is durable (the uidlist's floor) before the client sees it.
                     until_committed.enter_context(fi._rows_behind())
-                    replied(done, failed)
+                    replied([MessageInfo(r.uid, imap_flags(bits, text), r.size, r.internal_date,
+                                         modseq) for r, bits, text, _ in moved], failed)
+                done = [sql.MsgRow(r.uid, modseq, bits, text, r.size, r.internal_date, r.base,
+                                   "cur", name) for r, bits, text, name in moved]
                 _write_rows(conn, row.id, modseq, done, moved)
                 values = {"highestmodseq": modseq, "version": row.version + 1}
                 if cur_fresh:
