@@ -172,7 +172,11 @@ class MessageCommands:
         except ValueError as err:
             raise Bad(str(err)) from None
         sel.stored(changed)
-        if changed:
+        if changed and self.writing is not None:
+            # The other sessions are woken once the rows are in, not to wait for them.
+            name = sel.name
+            self.writing.add_done_callback(lambda _: self.notify(name))
+        elif changed:
             self.notify(sel.name)
         if sel.folder.index.checkpoint_due:
             self.in_background(sel.folder.index.checkpoint)

@@ -56,3 +56,22 @@ def test_every_reader_sees_a_big_store_once_it_is_answered(mx):
         assert three.cmd("f", "SEARCH UNSEEN")[0] == [b"* SEARCH"]
         lines, _ = one.cmd("g", "STATUS INBOX (HIGHESTMODSEQ)")
         assert lines[-1] == b"* STATUS INBOX (HIGHESTMODSEQ %d)" % modseq
+
+
+def test_an_idling_session_hears_every_change_of_a_big_store(mx):
+    address = "bigidle@example.test"
+    fill(mx, address)
+    with Raw(mx) as one, Raw(mx) as two:
+        for session in (one, two):
+            session.login(address)
+            session.cmd("s", "SELECT INBOX")
+        two.send("i IDLE\r\n")
+        assert two.line() == b"+ idling"
+        lines, done = one.cmd("a", "STORE 1:* +FLAGS.SILENT (\\Flagged)")
+        assert done.startswith(b"a OK") and lines == []
+        heard = [two.line() for _ in range(N)]
+        assert heard == [b"* %d FETCH (FLAGS (\\Flagged))" % i for i in range(1, N + 1)]
+        two.send("DONE\r\n")
+        assert two.until("i")[1] == b"i OK IDLE terminated"
+        # The storing session's next command finds its own change in the index.
+        assert one.cmd("b", "SEARCH UNFLAGGED")[0] == [b"* SEARCH"]
