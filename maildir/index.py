@@ -436,7 +436,7 @@ class FolderIndex(FolderCache, FolderState):
         flags: Iterable[str],
         mode: str = "replace",
         unchangedsince: int | None = None,
-        replied: Callable[[list[MessageInfo], list[int]], None] | None = None,
+        replied: Callable[[list[MessageInfo], list[int]], threading.Event | None] | None = None,
     ) -> tuple[list[MessageInfo], list[int]]:
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
@@ -444,14 +444,14 @@ class FolderIndex(FolderCache, FolderState):
         Internal dates not read yet are None, as in ``changes_since``.
 
         ``replied``: for a STORE on thousands, called with the same result once the files
-        are renamed, before the rows are written (index_ops.store_flags); the return
-        value then comes once they are committed."""
+        are renamed, before the rows are written (index_ops.store_flags, also for the Event
+        it may return); the return value then comes once they are committed."""
         uids = list(uids)
         answered = []
 
-        def early(changed, failed) -> None:
+        def early(changed, failed):
             answered.append((changed, failed))
-            replied(changed, failed)
+            return replied(changed, failed)
 
         with gcpause.paused(len(uids)):
             rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince,

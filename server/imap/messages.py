@@ -9,6 +9,7 @@ import asyncio
 import errno
 import logging
 import sqlite3
+import threading
 
 from server.imap.encode import astring
 from server.imap.fetching import BATCH
@@ -71,7 +72,9 @@ class MessageCommands:
             return []
         if self.writing is not None:
             # A big STORE is still writing its rows: the news waits for the next command,
-            # which waits for them (settle), rather than the tagged OK.
+            # which waits for them (settle), rather than the tagged OK.  Its answer is
+            # written but for that OK: the rows may go now (index_ops.REPLY_WAIT).
+            self.answered.set()
             return []
         return await self.updates(allow_expunge=cmd.uid or cmd.name not in NO_EXPUNGE)
 
@@ -80,6 +83,7 @@ class MessageCommands:
         command must find them (its own changes) whatever it reads."""
         writing, self.writing = self.writing, None
         if writing is not None:
+            self.answered.set()  # in case the STORE failed after its early answer
             await asyncio.wait([writing])
 
     def idle_refusal(self):
@@ -217,9 +221,11 @@ class MessageCommands:
         not read back from them."""
         loop = asyncio.get_running_loop()
         early = loop.create_future()
+        answered = threading.Event()
 
-        def replied(changed, failed) -> None:  # in the worker thread
+        def replied(changed, failed) -> threading.Event:  # in the worker thread
             loop.call_soon_threadsafe(_resolve, early, (changed, failed))
+            return answered
 
         work = asyncio.ensure_future(self.io(folder.store_flags, *args, replied))
         await asyncio.wait([early, work], return_when=asyncio.FIRST_COMPLETED)
@@ -234,7 +240,7 @@ class MessageCommands:
                             "back from the file names): %r", conn_id, future.exception())
 
         work.add_done_callback(written)
-        self.writing = work
+        self.writing, self.answered = work, answered
         return early.result()
 
     # --- COPY / MOVE ---
