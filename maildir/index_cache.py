@@ -72,10 +72,12 @@ class FolderCache:
             raise MessageGone(uid)
         return self.directory / row[0] / row[1]
 
+    @answers_while_writing
     def paths(self, uids: Iterable[int]) -> dict[int, str]:
         """The file paths of those of ``uids`` in the folder, from one query: for reading
         many messages.  A path goes stale when another program renames the file; ``open``
-        finds it again."""
+        finds it again.  Also on the event loop (POP3 RETR), so it does not wait for a
+        STORE's rows: its paths may then be stale in the same way."""
         directory = str(self.directory)
         rows = sql.file_names(self._conn(), self._id, uids)
         return {uid: f"{directory}/{subdir}/{name}" for uid, subdir, name in rows}

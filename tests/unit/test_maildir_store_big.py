@@ -172,22 +172,31 @@ def test_a_reader_after_the_reply_waits_for_the_rows_and_sees_them(folder, behin
         results["seen"] = sum("\\Seen" in i.flags for i in folder.messages())
         results["unseen"] = folder.status().unseen
 
+    def loop_calls() -> None:
+        # The event loop's own calls do not wait: they send their work to a thread.
+        results["unchanged"] = folder.unchanged_since(modseq)
+        results["located"] = folder.located([1, 2], dates=False)  # else: the old flags
+        results["paths"] = sorted(folder.paths([1, 2]))
+
     def replied(changed, failed) -> None:
         results["replied"] = [i.uid for i in changed], failed
         assert seen_in_db(folder) == 0  # answered before the rows are written
-        # The event loop's own calls do not wait: they send their work to a thread.
-        results["unchanged"] = folder.unchanged_since(folder._row(folder._conn()).highestmodseq)
-        results["located"] = folder.located([1, 2])
+        loop = threading.Thread(target=loop_calls)
+        loop.start()
+        loop.join(5)
+        results["loop_waited"] = loop.is_alive()
         readers.append(threading.Thread(target=read))
         readers[0].start()
         readers[0].join(0.3)
         results["waited"] = readers[0].is_alive()
 
+    modseq = folder.highestmodseq
     changed, failed = folder.store_flags(range(1, N + 1), {"\\Seen"}, "add", replied=replied)
     readers[0].join()
     assert results["replied"] == ([i.uid for i in changed], failed) == (list(range(1, N + 1)), [])
     assert results["waited"] and results["seen"] == N and results["unseen"] == 0
-    assert results["unchanged"] is False and results["located"] == ({}, {})
+    assert not results["loop_waited"] and results["unchanged"] is False
+    assert results["located"] == ({}, {}) and results["paths"] == [1, 2]
     assert seen_in_db(folder) == N and folder.sync(full=True).changed == []
     # Few changes: no early answer, the rows are written first.
     calls = []
