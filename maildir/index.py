@@ -41,6 +41,8 @@ most ``IDLE_CONNECTIONS`` kept between calls), not one per worker thread that ev
 them.  Writers of one folder are
 serialised by the uidlist lock: a thread lock plus flock, so the admin CLI in another
 process is serialised too.  Writers of different folders only meet at SQLite's short commit.
+A big STORE answers before its rows are written (``store_flags(replied=...)``): until they
+are, the folder's public methods wait in every other thread (index_state._rows_behind).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +60,12 @@ from pathlib import Path
 from maildir import gcpause, index_copy, index_ops, index_reads
 from maildir import index_sql as sql
 from maildir.folders import INBOX, folder_path, is_inbox
-from maildir.index_cache import FolderCache, lends_connections, without_connection
+from maildir.index_cache import (
+    FolderCache,
+    answers_while_writing,
+    lends_connections,
+    without_connection,
+)
 from maildir.index_dates import dated, stat_files
 from maildir.index_state import MODSEQ_BLOCK, FolderState
 from maildir.index_sync import SyncResult, dir_fresh, sync_folder
@@ -210,7 +217,7 @@ class MailboxIndex:
         self.close()
 
 
-@lends_connections(lambda folder: folder.index)
+@lends_connections(lambda folder: folder.index, waits=True)
 class FolderIndex(FolderCache, FolderState):
     """One folder's index.  Thread-safe; get it from ``MailboxIndex.folder``.
 
@@ -261,11 +268,13 @@ class FolderIndex(FolderCache, FolderState):
                 self._unreported = SyncResult()
         return result
 
+    @answers_while_writing
     def unchanged_since(self, modseq: int) -> bool:
         """True if ``sync()`` now would find nothing and HIGHESTMODSEQ is still ``modseq``:
         a session polling after each command then has nothing to catch up on.  Two stat()
-        calls and one SQLite row, no lock: cheap enough to ask before a trip to a thread."""
-        if self._unreported:
+        calls and one SQLite row, no lock: cheap enough to ask before a trip to a thread.
+        False while a STORE writes its rows: the sync in a thread waits for them."""
+        if self._unreported or self._rows_pending():
             return False
         row = self._row(self._conn())
         if row.highestmodseq != modseq:
@@ -302,6 +311,7 @@ class FolderIndex(FolderCache, FolderState):
         rows = index_reads.info_rows_of(self._conn(), self._id, uids)
         return {info.uid: info for info in _infos(dated(self, rows, 4) if dates else rows)}
 
+    @answers_while_writing
     def located(self, uids: Iterable[int], dates: bool = True,
                 ) -> tuple[dict[int, MessageInfo], dict[int, str]]:
         """``get_many`` and ``paths`` from one query: a FETCH of a few messages needs both,
@@ -309,9 +319,12 @@ class FolderIndex(FolderCache, FolderState):
         date cannot be read (its file renamed or deleted by another program since the last
         sync) is left out without syncing: a FETCH in a thread finds it.  ``dates=False``
         (no INTERNALDATE asked for, as when a client opens a message): unknown dates stay
-        None and no file is stat()ed."""
+        None and no file is stat()ed.  Nothing while a STORE writes its rows: they are read
+        in a thread, once written."""
         directory = str(self.directory)
         infos, paths = {}, {}
+        if self._rows_pending():
+            return infos, paths
         rows = sql.message_rows(self._conn(), self._id, uids)
         found = {}
         if dates:
@@ -423,19 +436,27 @@ class FolderIndex(FolderCache, FolderState):
         flags: Iterable[str],
         mode: str = "replace",
         unchangedsince: int | None = None,
+        replied: Callable[[list[MessageInfo], list[int]], threading.Event | None] | None = None,
     ) -> tuple[list[MessageInfo], list[int]]:
         """STORE: ``mode`` is "add", "remove" or "replace".  Returns (messages whose flags
         changed, with their new MODSEQ; UIDs refused by UNCHANGEDSINCE).  Unknown UIDs are
         ignored; ValueError for a flag that cannot be stored (\\Recent, bad keyword).
-        Internal dates not read yet are None, as in ``changes_since``."""
+        Internal dates not read yet are None, as in ``changes_since``.
+
+        ``replied``: for a STORE on thousands, called with the same result once the files
+        are renamed, before the rows are written (index_ops.store_flags, also for the Event
+        it may return); the return value then comes once they are committed."""
         uids = list(uids)
+        answered = []
+
+        def early(changed, failed):
+            answered.append((changed, failed))
+            return replied(changed, failed)
+
         with gcpause.paused(len(uids)):
-            rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince)
-            return [
-                MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date,
-                            r.modseq)
-                for r in rows
-            ], failed
+            rows, failed = index_ops.store_flags(self, uids, flags, mode, unchangedsince,
+                                                 None if replied is None else early)
+            return answered[0] if answered else (_changed(rows), failed)
 
     def append(
         self, data: bytes, flags: Iterable[str] = (), internal_date: float | datetime | None = None
@@ -455,6 +476,11 @@ class FolderIndex(FolderCache, FolderState):
         """Delete these messages (with ``only_deleted``, those of them flagged \\Deleted at
         this moment); returns the UIDs that went."""
         return index_ops.expunge(self, uids, only_deleted)
+
+
+def _changed(rows) -> list[MessageInfo]:
+    return [MessageInfo(r.uid, imap_flags(r.flags, r.keywords), r.size, r.internal_date, r.modseq)
+            for r in rows]
 
 
 def _built_view(uids: list[int], bits, keywords) -> tuple[array, list[frozenset[str]]]:

@@ -16,13 +16,19 @@ from maildir import index_sql as sql
 from maildir.index_types import MessageGone
 
 
-def lends_connections(index_of):
+def lends_connections(index_of, waits: bool = False):
     """Class decorator: every public method and property of the class runs with a connection
-    lent from the pool of ``index_of(self)`` (see MailboxIndex.connection)."""
+    lent from the pool of ``index_of(self)`` (see MailboxIndex.connection).  ``waits``:
+    first waits for rows a STORE is writing after its reply (FolderState._wait_for_rows),
+    but in the methods marked ``answers_while_writing``."""
 
     def wrap(func):
+        wait = waits and getattr(func, "waits_for_rows", True)
+
         @functools.wraps(func)
         def wrapper(self, *args, **kwargs):
+            if wait:
+                self._wait_for_rows()
             with index_of(self).connection():
                 return func(self, *args, **kwargs)
         return wrapper
@@ -40,6 +46,13 @@ def lends_connections(index_of):
     return decorate
 
 
+def answers_while_writing(func):
+    """Marks a method the event loop calls: it must not wait for rows being written behind
+    a STORE's reply, and checks ``_rows_pending()`` itself instead."""
+    func.waits_for_rows = False
+    return func
+
+
 def without_connection(func):
     """Marks a public method that touches no database: ``lends_connections`` leaves it be
     (lending costs a pool lock and a context manager: too much for a check per command)."""
@@ -47,7 +60,7 @@ def without_connection(func):
     return func
 
 
-@lends_connections(lambda folder: folder.index)
+@lends_connections(lambda folder: folder.index, waits=True)
 class FolderCache:
     """FolderIndex's file, blob and field methods (a mixin: it needs ``_conn``, ``_id``,
     ``directory`` and ``_sync_before_change``)."""
@@ -59,10 +72,12 @@ class FolderCache:
             raise MessageGone(uid)
         return self.directory / row[0] / row[1]
 
+    @answers_while_writing
     def paths(self, uids: Iterable[int]) -> dict[int, str]:
         """The file paths of those of ``uids`` in the folder, from one query: for reading
         many messages.  A path goes stale when another program renames the file; ``open``
-        finds it again."""
+        finds it again.  Also on the event loop (POP3 RETR), so it does not wait for a
+        STORE's rows: its paths may then be stale in the same way."""
         directory = str(self.directory)
         rows = sql.file_names(self._conn(), self._id, uids)
         return {uid: f"{directory}/{subdir}/{name}" for uid, subdir, name in rows}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
@@ -206,9 +207,38 @@ class FolderState:
         self._built: tuple | None = None
         self._window_ns = int(index.dirty_window * 1e9)
         self._id = 0
+        # Clear while a STORE writes its rows after its reply (_rows_behind).
+        self._rows_written = threading.Event()
+        self._rows_written.set()
+        self._rows_writer: int | None = None
 
     def _conn(self) -> sqlite3.Connection:
         return self.index._conn()
+
+    @contextmanager
+    def _rows_behind(self) -> Iterator[None]:
+        """Inside the writer lock, once the files are renamed: a STORE on thousands answers
+        its client, then writes the rows (index_ops.store_flags).  Until they are committed
+        every other caller in this process waits at the door of the public methods
+        (``_wait_for_rows``), so none reads the flags from before the reply.  Other processes
+        do not need the door: the renames changed cur/'s mtime, so their next sync() takes
+        the writer lock (flock), which is held until the commit; and a process opening the
+        folder takes that lock too."""
+        self._rows_writer = threading.get_ident()
+        self._rows_written.clear()
+        try:
+            yield
+        finally:
+            self._rows_written.set()
+            self._rows_writer = None
+
+    def _rows_pending(self) -> bool:
+        """True while another thread writes a STORE's rows after its reply."""
+        return not self._rows_written.is_set() and self._rows_writer != threading.get_ident()
+
+    def _wait_for_rows(self) -> None:
+        if self._rows_pending():
+            self._rows_written.wait()
 
     def _restore_uidlist(self, conn: sqlite3.Connection) -> None:
         """Make the uidlist exist: from the index's UIDs if it has them, else a new one."""

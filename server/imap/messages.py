@@ -5,9 +5,11 @@ untagged updates every command ends with.  FETCH is in ``fetching``, SEARCH in
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import sqlite3
+import threading
 
 from server.imap.encode import astring
 from server.imap.fetching import BATCH
@@ -17,6 +19,11 @@ from server.imap.selected import MailboxGone
 log = logging.getLogger("mailstead.imap")
 
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
+
+
+def _resolve(future, result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def compress(numbers) -> str:
@@ -39,6 +46,7 @@ class MessageCommands:
     # --- updates for NOOP, IDLE and after each command ---
 
     async def updates(self, allow_expunge: bool = True) -> list[bytes]:
+        await self.settle()
         if self.selected is None:
             return []
         try:
@@ -62,7 +70,21 @@ class MessageCommands:
     async def after_command(self, cmd) -> list[bytes]:
         if self.selected is None or cmd.name in ("SELECT", "EXAMINE", "LOGOUT"):
             return []
+        if self.writing is not None:
+            # A big STORE is still writing its rows: the news waits for the next command,
+            # which waits for them (settle), rather than the tagged OK.  Its answer is
+            # written but for that OK: the rows may go now (index_ops.REPLY_WAIT).
+            self.answered.set()
+            return []
         return await self.updates(allow_expunge=cmd.uid or cmd.name not in NO_EXPUNGE)
+
+    async def settle(self) -> None:
+        """Wait for the rows this session's last STORE writes after its reply: the next
+        command must find them (its own changes) whatever it reads."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            self.answered.set()  # in case the STORE failed after its early answer
+            await asyncio.wait([writing])
 
     def idle_refusal(self):
         from server.imap.session import AUTHED
@@ -149,12 +171,16 @@ class MessageCommands:
             self._condstore()
         mode = {"+": "add", "-": "remove", "": "replace"}[args.mode]
         try:
-            changed, failed = await self.io(sel.folder.store_flags, [u for _, u in targets],
-                                            set(args.flags), mode, args.unchangedsince)
+            changed, failed = await self._store_flags(sel.folder, [u for _, u in targets],
+                                                      set(args.flags), mode, args.unchangedsince)
         except ValueError as err:
             raise Bad(str(err)) from None
         sel.stored(changed)
-        if changed:
+        if changed and self.writing is not None:
+            # The other sessions are woken once the rows are in, not to wait for them.
+            name = sel.name
+            self.writing.add_done_callback(lambda _: self.notify(name))
+        elif changed:
             self.notify(sel.name)
         if sel.folder.index.checkpoint_due:
             self.in_background(sel.folder.index.checkpoint)
@@ -185,6 +211,37 @@ class MessageCommands:
         if failed:
             numbers = failed if cmd.uid else [sel.seq_of(u) for u in failed]
             yield _Code(f"MODIFIED {compress(n for n in numbers if n)}")
+
+    async def _store_flags(self, folder, *args):
+        """``folder.store_flags`` in a worker thread, answered as soon as the files are
+        renamed: a STORE on thousands writes its rows after that (index_ops.store_flags),
+        and ``self.writing`` is that work, which the next command waits for (settle).
+        The files are the truth (RFC 3501 leaves the store to the server: here, Maildir
+        names), so a failure or a crash after the reply loses nothing the next sync does
+        not read back from them."""
+        loop = asyncio.get_running_loop()
+        early = loop.create_future()
+        answered = threading.Event()
+
+        def replied(changed, failed) -> threading.Event:  # in the worker thread
+            loop.call_soon_threadsafe(_resolve, early, (changed, failed))
+            return answered
+
+        work = asyncio.ensure_future(self.io(folder.store_flags, *args, replied))
+        await asyncio.wait([early, work], return_when=asyncio.FIRST_COMPLETED)
+        if work.done() or not early.done():
+            early.cancel()
+            return work.result()
+        conn_id = self.conn_id
+
+        def written(future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("conn=%s STORE rows not written (the next sync reads the flags "
+                            "back from the file names): %r", conn_id, future.exception())
+
+        work.add_done_callback(written)
+        self.writing, self.answered = work, answered
+        return early.result()
 
     # --- COPY / MOVE ---
 

@@ -63,6 +63,8 @@ class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
         self.enabled: set[str] = set()
         self.selected = None  # a Selected view while in the selected state
         self.watching = None
+        self.writing = None  # a STORE writing its rows after its reply (messages.settle)
+        self.answered = None  # set when that reply is written (messages._store_flags)
 
     @property
     def logged_out(self) -> bool:
@@ -92,6 +94,7 @@ class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
         method = getattr(self, f"do_{cmd.name.lower()}", None)
         allowed = self.STATES.get(cmd.name)
         try:
+            await self.settle()
             if method is None or allowed is None:
                 raise Bad(f"Unknown command {cmd.name}")
             if self.state not in allowed:
