@@ -172,6 +172,7 @@ class Connection:
             raise Closed("too many invalid commands")
 
     async def _command(self, cmd: Command) -> None:
+        self.session.pipelined = self.commands.more_waiting()
         if cmd.name == "STARTTLS":
             await self._starttls(cmd)
         elif cmd.name == "IDLE":

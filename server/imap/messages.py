@@ -19,6 +19,7 @@ from server.imap.selected import MailboxGone
 log = logging.getLogger("mailstead.imap")
 
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
+ASKS_FOR_UPDATES = ("NOOP", "CHECK")  # their only job is the news (RFC 3501 §6.1.2, §6.4.1)
 
 
 def _resolve(future, result) -> None:
@@ -75,6 +76,11 @@ class MessageCommands:
             # which waits for them (settle), rather than the tagged OK.  Its answer is
             # written but for that OK: the rows may go now (index_ops.REPLY_WAIT).
             self.answered.set()
+            return []
+        if self.pipelined and cmd.name not in ASKS_FOR_UPDATES:
+            # The client's next command is here already: the news goes with that one's
+            # answer (RFC 3501 §5.2 lets a server send it at any time), so a run of
+            # pipelined FETCHes (mbsync) looks for changes once, not once a command.
             return []
         return await self.updates(allow_expunge=cmd.uid or cmd.name not in NO_EXPUNGE)
 

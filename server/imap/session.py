@@ -64,6 +64,7 @@ class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
         self.selected = None  # a Selected view while in the selected state
         self.watching = None
         self.writing = None  # a STORE writing its rows after its reply (messages.settle)
+        self.pipelined = False  # the client's next command has arrived (set by Connection)
         self.answered = None  # set when that reply is written (messages._store_flags)
 
     @property

@@ -353,3 +353,27 @@ def test_a_pipelined_logout_still_sends_everything_before_it(r):
         pass
     assert lines[0].startswith(b"a OK") and lines[1].startswith(b"* BYE")
     assert lines[2].startswith(b"b OK") and len(lines) == 3
+
+
+def test_news_for_a_pipelined_run_comes_with_its_last_command(r, mx, user):
+    # Another session flags message 1. Of two FETCHes sent together, the first is answered
+    # without looking for changes (its successor was already here); the second looks, so
+    # the news arrives before the run's end, and never gets lost.
+    with Raw(mx) as other:
+        other.login(user)
+        other.cmd("s", "SELECT INBOX")
+        assert other.cmd("f", "STORE 1 +FLAGS (\\Flagged)")[1].startswith(b"f OK")
+    r.send("a FETCH 2 (UID)\r\nb FETCH 3 (UID)\r\n")
+    lines = []
+    while not lines or not lines[-1].startswith(b"b OK"):
+        lines.append(r.line())
+    news = next(i for i, line in enumerate(lines) if b"FLAGS (\\Flagged)" in line)
+    done_a = next(i for i, line in enumerate(lines) if line.startswith(b"a OK"))
+    assert done_a < news < len(lines) - 1
+    # Alone (nothing pipelined behind it), a command brings the news itself.
+    with Raw(mx) as other:
+        other.login(user)
+        other.cmd("s", "SELECT INBOX")
+        other.cmd("f", "STORE 2 +FLAGS (\\Flagged)")
+    lines, done = r.cmd("c", "FETCH 3 (UID)")
+    assert any(b"FLAGS (\\Flagged)" in line for line in lines) and done.startswith(b"c OK")
