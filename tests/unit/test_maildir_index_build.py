@@ -467,3 +467,15 @@ def test_uid_order_is_seconds_microseconds_then_base(keys):
     secs, usecs, bases = ([k[i] for k in keys] for i in range(3))
     order = index_adds._uid_order(secs, usecs, bases)
     assert [keys[i] for i in order] == sorted(keys)
+
+
+def test_a_status_after_a_first_sync_lets_its_columns_go(root):
+    # The first sync keeps its columns for the SELECT that follows; a STATUS (or a POP3
+    # login) made the sync and will not SELECT: they must not stay until the next change.
+    fill_usual(root, 50)
+    with MailboxIndex(root) as mi:
+        inbox = mi.folder("INBOX")
+        assert inbox._built is not None
+        status = inbox.status()
+        assert inbox._built is None and status.messages == 50
+        assert list(inbox.view().uids) == list(range(1, 51))  # read back from the index
