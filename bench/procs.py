@@ -14,21 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.ports import free_ports  # noqa: F401 (the same race-free ports as the tests)
+
 HOST = "127.0.0.1"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` different free loopback ports (all bound at once, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            socks.append(s)
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> None:
