@@ -47,7 +47,8 @@ class MessageCommands:
     # --- updates for NOOP, IDLE and after each command ---
 
     async def updates(self, allow_expunge: bool = True) -> list[bytes]:
-        await self.settle()
+        if self.writing is not None:
+            await self.settle()
         if self.selected is None:
             return []
         try:

@@ -95,7 +95,8 @@ class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
         method = getattr(self, f"do_{cmd.name.lower()}", None)
         allowed = self.STATES.get(cmd.name)
         try:
-            await self.settle()
+            if self.writing is not None:  # an await per command otherwise
+                await self.settle()
             if method is None or allowed is None:
                 raise Bad(f"Unknown command {cmd.name}")
             if self.state not in allowed:

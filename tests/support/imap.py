@@ -87,6 +87,15 @@ class Raw:
         _, done = self.cmd("L", f'LOGIN {user} "{PASSWORD}"')
         assert done.startswith(b"L OK"), done
 
+    def lines_until_closed(self) -> list[bytes]:
+        """Every response line until the server hangs up."""
+        lines = []
+        try:
+            while True:
+                lines.append(self.line())
+        except (ConnectionError, OSError):
+            return lines
+
     def closed(self, timeout: float = 5) -> bool:
         self.sock.settimeout(timeout)
         try:
