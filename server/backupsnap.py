@@ -12,7 +12,8 @@ Consistency, per kind of file:
   we list is seen at least once; a message is identified by its base name (the uidlist's
   key, unchanged by flag renames) and staged once.  A message renamed between listing and
   linking is found by listing again, after every folder is done, which also catches a
-  message MOVEd into a folder already staged.  The uidlists are copied after all messages,
+  message MOVEd into a folder already staged, until a listing misses nothing (at most
+  50 rounds).  The uidlists are copied after all messages,
   so every staged message whose UID was known has it (IMAP clients keep their caches).
 * ``accounts.sqlite3`` is copied first: a mailbox's Maildir is made before its row is
   committed, so every mailbox in the copy has its Maildir in the archive.
@@ -45,7 +46,10 @@ STAGING_PREFIX = ".backup-staging-"
 # their content), atomic_write's temp files of a write in progress.
 _SKIP_NAMES = frozenset({"mailstead.pid"})
 _SKIP_SUFFIXES = ("-wal", "-shm", "-journal")
-_RELIST_ROUNDS = 5
+# A message renamed between our listing and our link is looked for again.  Under a steady
+# stream of renames (a big STORE, a POP3 client flagging a whole mailbox) one message can
+# be missed a few rounds in a row; the rounds are cheap and stop at the first clean one.
+_RELIST_ROUNDS = 50
 _READ = 1024 * 1024
 
 
@@ -73,6 +77,7 @@ class Snapshot:
         self._folders: list[str] = []
         self._messages: set[tuple[str, str]] = set()
         self._later: list[str] = []
+        self._vanished: list[str] = []
 
     def take(self) -> None:
         self._mkdir("")
@@ -81,6 +86,9 @@ class Snapshot:
             for _ in range(_RELIST_ROUNDS):
                 if not self._messages_of(folder):
                     break
+            else:  # never reached here in practice; said rather than lost without a word
+                for rel in self._vanished:
+                    self.skipped.append((rel, "renamed during every listing"))
         for rel in self._later:
             try:
                 self._copy(rel)
@@ -136,7 +144,7 @@ class Snapshot:
 
     def _messages_of(self, folder: str) -> int:
         """Stage the folder's messages not staged yet; return how many vanished meanwhile."""
-        missed = 0
+        self._vanished = []
         for sub in ("new", "cur"):  # this order: a message moving to cur/ is seen at least once
             path = f"{folder}/{sub}" if folder else sub
             try:
@@ -150,11 +158,12 @@ class Snapshot:
                 try:
                     staged = self._link(f"{path}/{name}")
                 except FileNotFoundError:
-                    missed += 1  # renamed (flags, new/ -> cur/) or expunged: listed again
+                    # Renamed (flags, new/ -> cur/) or expunged: listed again.
+                    self._vanished.append(f"{path}/{name}")
                     continue
                 if staged:
                     self._messages.add(key)
-        return missed
+        return len(self._vanished)
 
     def _queue(self) -> None:
         try:

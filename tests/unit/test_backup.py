@@ -472,6 +472,27 @@ def test_message_renamed_between_listing_and_linking(inst, tmp_path):
     assert all(f"/ann/cur/{r}:2,S" in "\n".join(names) for r in renamed)
 
 
+def test_message_renamed_at_every_listing_is_reported_not_dropped_silently(inst, tmp_path):
+    """A listing that always names a file gone by the time we link it: after the relisting
+    rounds give up, the backup says which message it could not take."""
+    inbox = inst.data_dir / "mail/example.test/ann"
+    ghost = "1700000000.M1P1Q1.ghost,S=10:2,S"
+    listings = []
+
+    def stale_listdir(path):
+        names = os.listdir(path)
+        if Path(path) == inbox / "cur":
+            listings.append(path)
+            names.append(ghost)
+        return names
+
+    result = backup(inst, str(tmp_path / "b.tar.gz"), listdir=stale_listdir)
+    assert len(listings) > 5  # looked again, more than the old five rounds
+    assert ("mail/example.test/ann/cur/" + ghost, "renamed during every listing") \
+        in result.skipped
+    assert not any("ghost" in n for n in _archived_messages(result.path))
+
+
 def test_messages_moving_concurrently_are_neither_lost_nor_doubled(inst, tmp_path):
     inbox = inst.data_dir / "mail/example.test/ann"
     for n in range(200):
