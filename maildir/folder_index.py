@@ -7,12 +7,15 @@ the state a folder keeps is in ``index_state``, and ``index_sync``, ``index_ops`
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from itertools import compress, repeat
+from operator import and_, xor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +25,8 @@ from maildir.index_cache import FolderCache, answers_while_writing, lends_connec
 from maildir.index_dates import dated, stat_files
 from maildir.index_state import FolderState
 from maildir.index_sync import SyncResult, fresh, sync_folder
-from maildir.index_types import Changes, FolderStatus, MessageInfo, View, _infos
-from maildir.keywords import imap_flags, split_keywords
+from maildir.index_types import Changes, FirstView, FolderStatus, MessageInfo, View, _infos
+from maildir.keywords import SEEN, imap_flags, split_keywords
 
 if TYPE_CHECKING:
     from maildir.index import MailboxIndex
@@ -47,9 +50,9 @@ class FolderIndex(FolderCache, FolderState):
     def __repr__(self) -> str:
         return f"<FolderIndex {self.name!r} at {self.directory}>"
 
-    def _ensure_open(self) -> None:
+    def _ensure_open(self, early=None) -> None:
         """First use in this process: jump HIGHESTMODSEQ to the uidlist's floor (the rule
-        above), then sync."""
+        above), then sync (``early``: see MailboxIndex.folder)."""
         with self._open_lock:
             if self._opened:
                 return
@@ -59,8 +62,19 @@ class FolderIndex(FolderCache, FolderState):
                 jump = max(row.highestmodseq, self._uidlist.modseq_floor)
                 with sql.write_txn(conn):
                     sql.update_folder(conn, row.id, highestmodseq=jump, modseq_limit=jump)
-                sync_folder(self)
+                hook = None if early is None else functools.partial(self._first_view, early)
+                sync_folder(self, early=hook)
             self._opened = True
+
+    def _first_view(self, early, uidvalidity: int, modseq: int, uids, bits, keywords):
+        """Hand ``early`` the view of a first sync's rows before they are written."""
+        view_uids, flags = _built_view(uids, bits, keywords)
+        # The smallest UID without \Seen, in C: compress() keeps the UIDs whose bits & SEEN
+        # is 0 (xor 1 makes that the true selector).
+        unseen = min(compress(uids, map(xor, map(and_, bits, repeat(SEEN)), repeat(SEEN))),
+                     default=None)
+        view = View(uidvalidity, modseq, self._uidlist.next_uid, view_uids, flags)
+        return early(FirstView(self, view, unseen, list(self._keywords.names())))
 
     # -- syncing -------------------------------------------------------------------------
 

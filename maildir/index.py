@@ -41,8 +41,9 @@ most ``IDLE_CONNECTIONS`` kept between calls), not one per worker thread that ev
 them.  Writers of one folder are
 serialised by the uidlist lock: a thread lock plus flock, so the admin CLI in another
 process is serialised too.  Writers of different folders only meet at SQLite's short commit.
-A big STORE answers before its rows are written (``store_flags(replied=...)``): until they
-are, the folder's public methods wait in every other thread (index_state._rows_behind).
+A big STORE answers before its rows are written (``store_flags(replied=...)``), and so may
+the SELECT that makes a big folder's first sync (``folder(early=...)``): until they are, the
+folder's public methods wait in every other thread (index_state._rows_behind).
 """
 
 from __future__ import annotations
@@ -140,8 +141,14 @@ class MailboxIndex:
             if not keep:
                 conn.close()
 
-    def folder(self, name: str) -> FolderIndex:
+    def folder(self, name: str, early=None) -> FolderIndex:
         """The index of folder ``name``, synced on first use in this process.
+
+        ``early(FirstView)``, if given, is called from inside a first sync that inserts
+        thousands of rows, before it writes them: the caller may answer SELECT from it.  It
+        may return an Event to set once that answer is sent; the rows wait for it
+        (index_sync's write-behind).  Until they are committed, the folder's public methods
+        wait in every other thread, as behind a big STORE.
 
         ValueError for an invalid name, FileNotFoundError if the folder does not exist.
         """
@@ -153,7 +160,7 @@ class MailboxIndex:
                 if not (path / "cur").is_dir():
                     raise FileNotFoundError(f"no such folder: {name!r}")
                 folder = self._folders[canonical] = FolderIndex(self, canonical, path)
-        folder._ensure_open()
+        folder._ensure_open(early)
         return folder
 
     def checkpoint(self) -> None:

@@ -26,7 +26,7 @@ from maildir import index_sql as sql
 from maildir.deliver import Delivery, deliver
 from maildir.flags import with_flags
 from maildir.index_state import info_name, locate, split_name
-from maildir.index_sync import dir_fresh, own_change_record
+from maildir.index_sync import REPLY_WAIT, dir_fresh, own_change_record
 from maildir.index_types import MessageInfo
 from maildir.keywords import (
     DELETED,
@@ -47,8 +47,6 @@ MODES = ("add", "remove", "replace")
 DEFER_CHECKPOINT_ROWS = 2000
 # Renamed files from which a STORE may answer before writing its rows (store_flags).
 WRITE_BEHIND_ROWS = 2000
-# Seconds such a STORE waits at most for its caller to send that answer.
-REPLY_WAIT = 0.5
 
 
 def _letters(fi: FolderIndex, bits: int, keywords: Iterable[str]) -> str:

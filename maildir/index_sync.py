@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,12 @@ DIRS = ("new", "cur")
 # A rename racing our listing makes us look again; more than this in a row means another
 # program is busy renaming, and the next sync() will catch up.
 MAX_PASSES = 3
+
+# New rows from which a first sync with an ``early`` hook hands out its view before writing
+# them: the SELECT of a big folder answers without waiting for the insert (a third of it).
+WRITE_BEHIND_ROWS = 2000
+# Seconds that write waits at most for its caller to send that answer (a STORE's too).
+REPLY_WAIT = 0.5
 
 # The uidlist is line-based UTF-8: a name with a line break or undecodable bytes (surrogate
 # escapes) cannot be recorded, so such a file is left alone and never shown over IMAP.
@@ -117,7 +124,9 @@ def own_change_record(fi: FolderIndex, pending: int) -> dict[str, int]:
     }
 
 
-def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
+def sync_folder(fi: FolderIndex, full: bool = False, early=None) -> SyncResult:
+    """``early(uidvalidity, modseq, uids, bits, keywords)``: called by a first sync that
+    inserts WRITE_BEHIND_ROWS or more, before it writes them (see ``_Pass._apply``)."""
     conn = fi._conn()
     if not full:
         # Fast path, without the lock: an unchanged folder is two stats and one SELECT.
@@ -144,7 +153,7 @@ def sync_folder(fi: FolderIndex, full: bool = False) -> SyncResult:
             ]
             if not todo:
                 break
-            raced = _Pass(fi, conn, row, now, stats).run(todo, result)
+            raced = _Pass(fi, conn, row, now, stats, early).run(todo, result)
             if not raced:
                 break
             full = True  # a file moved under us: look at both directories again
@@ -167,8 +176,10 @@ class _Found:
 class _Pass:
     """One listing of the folder's directories, diffed against the index and applied."""
 
-    def __init__(self, fi: FolderIndex, conn, row: sql.FolderRow, now: int, stats) -> None:
+    def __init__(self, fi: FolderIndex, conn, row: sql.FolderRow, now: int, stats,
+                 early=None) -> None:
         self.fi, self.conn, self.row, self.now, self.stats = fi, conn, row, now, stats
+        self.early = early
         self.known = fi._known_files(conn, row)
         self.raced = False
         self.listed: dict[str, list[str]] = {}
@@ -350,36 +361,50 @@ class _Pass:
                     sql.update_folder(conn, row.id, **values)
             return
         fi._built = None
-        with sql.write_txn(conn, big=len(uids) >= sql.BULK_ROWS):
-            values = dict(dir_values)
-            modseq = None
-            if uids or flag_changes or expunged:
-                modseq = fi._allocate_modseq(conn, row)
-                values["highestmodseq"] = modseq
-            flagged = set(flag_changes)
-            updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
-            if uids:
-                index_insert.insert_columns(conn, row.id, modseq, {
-                    "uid": uids, "flags": bits, "keywords": kws, "size": sizes,
-                    "internal_date": dates, "base": bases, "subdir": subdirs, "name": names,
-                })
-            sql.update_files(conn, row.id, updates)
-            if expunged:
-                sql.delete_messages(conn, row.id, expunged, modseq)
-            values.update(uidnext=fi._uidlist.next_uid, version=row.version + 1)
-            sql.update_folder(conn, row.id, **values)
+        # A first sync of thousands may answer its caller before the insert (the rows are
+        # the slowest part).  The UIDs are durable already (the uidlist), and the MODSEQ
+        # once allocated (the uidlist's floor); a crash before the commit makes the next
+        # open do this again, with the same UIDs and flags from the same names.
+        behind = (self.early is not None and first and not (updates or expunged)
+                  and len(uids) >= WRITE_BEHIND_ROWS)
+        with ExitStack() as until_committed:  # the door stays shut until known is too
+            with sql.write_txn(conn, big=len(uids) >= sql.BULK_ROWS):
+                values = dict(dir_values)
+                modseq = None
+                if uids or flag_changes or expunged:
+                    modseq = fi._allocate_modseq(conn, row)
+                    values["highestmodseq"] = modseq
+                if behind:
+                    # Holding SQLite's write lock and the folder's: readers of this process
+                    # wait at the door until the commit, other processes at the lock.
+                    until_committed.enter_context(fi._rows_behind())
+                    sent = self.early(row.uidvalidity, modseq, uids, bits, kws)
+                    if sent is not None:
+                        sent.wait(REPLY_WAIT)  # the reply first: the insert takes the GIL often
+                flagged = set(flag_changes)
+                updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
+                if uids:
+                    index_insert.insert_columns(conn, row.id, modseq, {
+                        "uid": uids, "flags": bits, "keywords": kws, "size": sizes,
+                        "internal_date": dates, "base": bases, "subdir": subdirs, "name": names,
+                    })
+                sql.update_files(conn, row.id, updates)
+                if expunged:
+                    sql.delete_messages(conn, row.id, expunged, modseq)
+                values.update(uidnext=fi._uidlist.next_uid, version=row.version + 1)
+                sql.update_folder(conn, row.id, **values)
 
-        def update_known(known: KnownFiles) -> None:
-            for base in gone:
-                known.remove(base)
-            for r in updates:
-                known.remove(r.base)
-                known.add(r.uid, r.base, r.subdir, r.name)
-            known.add_new(uids, bases, subdirs, names)
+            def update_known(known: KnownFiles) -> None:
+                for base in gone:
+                    known.remove(base)
+                for r in updates:
+                    known.remove(r.base)
+                    known.add(r.uid, r.base, r.subdir, r.name)
+                known.add_new(uids, bases, subdirs, names)
 
-        fi._after_commit(row.version, update_known)
-        if first and not (updates or expunged):
-            fi._built = (row.version + 1, uids, bits, kws)
+            fi._after_commit(row.version, update_known)
+            if first and not (updates or expunged or behind):
+                fi._built = (row.version + 1, uids, bits, kws)
         result.added.extend(uids)
         result.expunged.extend(expunged)
         result.changed.extend(flag_changes)

@@ -57,6 +57,17 @@ class View(NamedTuple):
     flags: list[frozenset[str]]
 
 
+class FirstView(NamedTuple):
+    """What SELECT needs of a folder whose first sync is still writing its rows (see
+    ``MailboxIndex.folder(early=...)``): the folder, its view, the first unseen UID and
+    the keywords the folder's keyword file defines."""
+
+    folder: object  # the FolderIndex
+    view: View
+    first_unseen: int | None
+    defined_keywords: list[str]
+
+
 class MessageGone(LookupError):
     """The UID is not (or no longer) in the folder: expunged, or never existed."""
 

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import re
 import shutil
+import threading
+import time
 
 from maildir import create_folder, folder_path, list_folders
 from server.imap import mutf7, names, responses
@@ -21,6 +23,11 @@ WELL_KNOWN_KEYWORDS = ("$Forwarded", "$Junk", "$NotJunk", "$MDNSent", "$Phishing
 log = logging.getLogger("mailstead.imap")
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
                 "HIGHESTMODSEQ")
+
+
+def _resolve(future, result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _pattern(reference: str, pattern: str) -> re.Pattern:
@@ -46,6 +53,44 @@ class MailboxCommands:
 
     async def io(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, func, *args)
+
+    async def io_answering_early(self, what: str, func, *args):
+        """``func(*args, early)`` in a worker thread, where the work may call ``early(*values)``
+        once what the client needs is known and durable, then go on writing the index.
+        Returns ``(values, True)`` as soon as it does, ``self.writing`` being the rest of the
+        work, which the next command waits for (messages.settle); else ``(func's result,
+        False)``.  ``early`` returns an Event, set once the answer is written
+        (after_command): the writing waits for it a little (index_sync.REPLY_WAIT).  The
+        files are the truth, so a failure or a crash after the answer loses nothing the next
+        sync does not read back from them."""
+        loop = asyncio.get_running_loop()
+        early = loop.create_future()
+        answered = threading.Event()
+
+        def hook(*values) -> threading.Event:  # in the worker thread
+            loop.call_soon_threadsafe(_resolve, early, values)
+            return answered
+
+        work = asyncio.ensure_future(self.io(func, *args, hook))
+        await asyncio.wait([early, work], return_when=asyncio.FIRST_COMPLETED)
+        if work.done() or not early.done():
+            early.cancel()
+            return work.result(), False
+        conn_id, answered_at = self.conn_id, time.monotonic()
+
+        def written(future) -> None:
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                log.warning("conn=%s %s not written (the next sync reads them back from the "
+                            "files): %r", conn_id, what, future.exception())
+            else:
+                log.info("conn=%s %s written %.0f ms after the answer", conn_id, what,
+                         (time.monotonic() - answered_at) * 1000)
+
+        work.add_done_callback(written)
+        self.writing, self.answered = work, answered
+        return early.result(), True
 
     def in_background(self, func, *args) -> None:
         """Run ``func`` in a worker thread without waiting: work the reply must not wait for
@@ -110,13 +155,17 @@ class MailboxCommands:
         condstore = bool(cmd.args.condstore or cmd.args.qresync) or "CONDSTORE" in self.enabled
         if condstore:
             self.enabled.add("CONDSTORE")
-        index = await self.io(self.mailbox_index.folder, folder)
-        view = Selected(index, folder, readonly, condstore, self.mailbox_index)
-        await self.io(view.load)
+        view, first = await self._open_folder(folder, readonly, condstore)
+        if first is None:
+            index = view.folder
+            await self.io(view.load)
+            first_unseen = await self.io(lambda: index.first_unseen)
+            defined = await self.io(index.defined_keywords)
+        else:  # a first sync still writing its rows (_open_folder)
+            first_unseen, defined = first.first_unseen, first.defined_keywords
         # From the view where it can be: the folder's counts and a DISTINCT over its
         # keywords each cost a scan of every message (20 ms at 100,000).
-        first_unseen = await self.io(lambda: index.first_unseen)
-        keywords = sorted({*await self.io(index.defined_keywords), *view.keywords()})
+        keywords = sorted({*defined, *view.keywords()})
         flags = [*SYSTEM_FLAGS, *WELL_KNOWN_KEYWORDS,
                  *(k for k in keywords if k not in WELL_KNOWN_KEYWORDS)]
         yield b"* FLAGS " + flag_list(flags) + b"\r\n"
@@ -138,6 +187,19 @@ class MailboxCommands:
         self.selected = view
         self.state = SELECTED
         yield _Code("READ-ONLY" if readonly else "READ-WRITE")
+
+    async def _open_folder(self, folder: str, readonly: bool, condstore: bool):
+        """``(Selected, None)``, to load; or ``(Selected, FirstView)`` when the folder's first
+        sync in this process inserts thousands of rows: it hands out their view before it
+        writes them (maildir.index_sync.WRITE_BEHIND_ROWS) and SELECT answers from that."""
+        value, early = await self.io_answering_early(
+            f"first index rows of {folder}", self.mailbox_index.folder, folder)
+        if not early:
+            return Selected(value, folder, readonly, condstore, self.mailbox_index), None
+        (first,) = value
+        view = Selected(first.folder, folder, readonly, condstore, self.mailbox_index)
+        await self.io(view.load_view, first.view)
+        return view, first
 
     # --- CREATE / DELETE / RENAME ---
 

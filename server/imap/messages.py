@@ -9,7 +9,6 @@ import asyncio
 import errno
 import logging
 import sqlite3
-import threading
 
 from server.imap.encode import astring
 from server.imap.fetching import BATCH
@@ -20,11 +19,6 @@ log = logging.getLogger("mailstead.imap")
 
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")  # RFC 3501 §7.4.1, for the non-UID forms
 ASKS_FOR_UPDATES = ("NOOP", "CHECK")  # their only job is the news (RFC 3501 §6.1.2, §6.4.1)
-
-
-def _resolve(future, result) -> None:
-    if not future.done():
-        future.set_result(result)
 
 
 def compress(numbers) -> str:
@@ -70,13 +64,14 @@ class MessageCommands:
         return self.selected.updates(allow_expunge)
 
     async def after_command(self, cmd) -> list[bytes]:
-        if self.selected is None or cmd.name in ("SELECT", "EXAMINE", "LOGOUT"):
-            return []
         if self.writing is not None:
-            # A big STORE is still writing its rows: the news waits for the next command,
-            # which waits for them (settle), rather than the tagged OK.  Its answer is
-            # written but for that OK: the rows may go now (index_ops.REPLY_WAIT).
+            # A big STORE, or the first SELECT of a big folder, is still writing its rows:
+            # the news waits for the next command, which waits for them (settle), rather
+            # than the tagged OK.  Its answer is written but for that OK: the rows may go
+            # now (index_sync.REPLY_WAIT).
             self.answered.set()
+            return []
+        if self.selected is None or cmd.name in ("SELECT", "EXAMINE", "LOGOUT"):
             return []
         if self.pipelined and cmd.name not in ASKS_FOR_UPDATES:
             # The client's next command is here already: the news goes with that one's
@@ -221,34 +216,9 @@ class MessageCommands:
 
     async def _store_flags(self, folder, *args):
         """``folder.store_flags`` in a worker thread, answered as soon as the files are
-        renamed: a STORE on thousands writes its rows after that (index_ops.store_flags),
-        and ``self.writing`` is that work, which the next command waits for (settle).
-        The files are the truth (RFC 3501 leaves the store to the server: here, Maildir
-        names), so a failure or a crash after the reply loses nothing the next sync does
-        not read back from them."""
-        loop = asyncio.get_running_loop()
-        early = loop.create_future()
-        answered = threading.Event()
-
-        def replied(changed, failed) -> threading.Event:  # in the worker thread
-            loop.call_soon_threadsafe(_resolve, early, (changed, failed))
-            return answered
-
-        work = asyncio.ensure_future(self.io(folder.store_flags, *args, replied))
-        await asyncio.wait([early, work], return_when=asyncio.FIRST_COMPLETED)
-        if work.done() or not early.done():
-            early.cancel()
-            return work.result()
-        conn_id = self.conn_id
-
-        def written(future) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("conn=%s STORE rows not written (the next sync reads the flags "
-                            "back from the file names): %r", conn_id, future.exception())
-
-        work.add_done_callback(written)
-        self.writing, self.answered = work, answered
-        return early.result()
+        renamed: a STORE on thousands writes its rows after that (index_ops.store_flags)."""
+        value, _ = await self.io_answering_early("STORE rows", folder.store_flags, *args)
+        return value
 
     # --- COPY / MOVE ---
 

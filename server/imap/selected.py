@@ -82,7 +82,10 @@ class Selected:
                     self.uidnext = changes.uidnext
                     self.uidvalidity = changes.uidvalidity
                 return
-        view = self.folder.view()
+        self.load_view(self.folder.view())
+
+    def load_view(self, view) -> None:
+        """Load a ``View`` of the whole folder (``load``, or a first sync's early one)."""
         self.uids = view.uids
         # An id per distinct set first (few), then the column in C: not a call per message.
         for flags in set(view.flags):

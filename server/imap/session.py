@@ -63,9 +63,9 @@ class Session(MailboxCommands, MessageCommands, FetchCommands, SearchCommands):
         self.enabled: set[str] = set()
         self.selected = None  # a Selected view while in the selected state
         self.watching = None
-        self.writing = None  # a STORE writing its rows after its reply (messages.settle)
+        self.writing = None  # rows being written after the reply (io_answering_early)
         self.pipelined = False  # the client's next command has arrived (set by Connection)
-        self.answered = None  # set when that reply is written (messages._store_flags)
+        self.answered = None  # set when that reply is written (after_command)
 
     @property
     def logged_out(self) -> bool:

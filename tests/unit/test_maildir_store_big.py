@@ -6,12 +6,9 @@ here or in another process, waiting for them."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +16,7 @@ from maildir import Delivery, create_maildir, deliver, index_ops
 from maildir import index_sql as sql
 from maildir.index import MailboxIndex
 from maildir.index_state import split_name
+from tests.support.maildirproc import committed_rows, run_python
 
 N = 40
 
@@ -144,19 +142,10 @@ def test_the_file_list_takes_in_a_store_when_next_read_and_in_commit_order(folde
 
 # --- rows written after the reply (index_ops.WRITE_BEHIND_ROWS) --------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
-                            stdout=subprocess.PIPE, **kwargs)
-
 
 def seen_in_db(fi) -> int:
-    """\\Seen rows as committed, read past the index's own door (a connection of our own)."""
-    with sqlite3.connect(fi.index.db_path) as conn:
-        return conn.execute("SELECT count(*) FROM messages WHERE flags & 1").fetchone()[0]
+    """\\Seen rows as committed, read past the index's own door."""
+    return committed_rows(fi, "flags & 1")
 
 
 @pytest.fixture
