@@ -490,7 +490,7 @@ GOOD_CACHE = {"id": "2026", "policy": "version: STSv1\nmode: enforce\nmax_age: 8
     json.dumps(GOOD_CACHE | {"fetched": time.time(), "id": "../x"}),
     json.dumps(GOOD_CACHE | {"fetched": time.time(), "id": 2026}),
     json.dumps(GOOD_CACHE | {"fetched": time.time(), "policy": "mode: enforce"}),
-])
+], ids=["not-json", "list", "no-fetch-time", "nan", "future", "bad-id", "int-id", "bad-policy"])
 def test_corrupt_cache_file_ignored(make, web, dns, tmp_path, caplog, content):
     dns.set("_mta-sts.remote.test", "TXT", "v=STSv1; id=2027")  # a valid cache would be used
     web.response = FAILURES["500"]
