@@ -346,9 +346,9 @@ class _Pass:
             if e.uid is None
         ]
         # By column: inserted and remembered by zip(), in C, not row by row.
-        columns, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
+        rows, raced = new_rows(str(fi.directory), adds, fi._keywords, self.bulk)
         self.raced |= raced
-        bases, names, subdirs, sizes, dates, bits, kws = columns
+        bases, bits, kws = rows.bases, rows.bits, rows.keywords
         updates, flag_changes = self._updates([e for e in live.values() if e.uid is not None])
         expunged = sorted(gone.values())
         uids = assign_uids(fi, row, self.known, bases) if bases else []
@@ -381,6 +381,7 @@ class _Pass:
                     sent = self.early(row.uidvalidity, modseq, uids, bits, kws)
                     if sent is not None:
                         sent.wait(REPLY_WAIT)  # the reply first: the insert takes the GIL often
+                names, subdirs, sizes, dates = rows.files()
                 flagged = set(flag_changes)
                 updates = [u._replace(modseq=modseq) if u.uid in flagged else u for u in updates]
                 if uids:
