@@ -134,7 +134,8 @@ class FetchCommands:
                     paths = folder.paths(uids)
                 try:
                     path = paths.get(uid)
-                    message = fetch.crlf(_read(folder, uid, path, header_only, inline), path)
+                    message = fetch.crlf(_read(folder, uid, path, header_only, inline,
+                                               info and info.size), path)
                 except (OSError, LookupError):
                     missing = True
                     continue
@@ -182,13 +183,14 @@ class _Moved(Exception):
     """A file is not where the index says: another program renamed or deleted it."""
 
 
-def _read(folder, uid: int, path: str | None, header_only: bool, inline: bool = False) -> bytes:
+def _read(folder, uid: int, path: str | None, header_only: bool, inline: bool = False,
+          size: int | None = None) -> bytes:
     """The message (or as much as holds its header) from ``path``, looked up for the whole
     batch in one query; a file renamed since by another program is found by ``read``
-    (not ``inline``: that syncs)."""
+    (not ``inline``: that syncs).  ``size``: the index's, if the batch read the rows."""
     if path is not None:
         try:
-            return fetch.read_file(path, header_only)
+            return fetch.read_file(path, header_only, size)
         except FileNotFoundError:
             if inline:
                 raise _Moved from None
