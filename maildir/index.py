@@ -57,6 +57,7 @@ from maildir import index_sql as sql
 from maildir.folder_index import FolderIndex
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import lends_connections, without_connection
+from maildir.index_quick import QuickRows
 from maildir.index_state import MODSEQ_BLOCK
 from maildir.index_sync import SyncResult
 from maildir.index_types import Changes, FolderStatus, MessageGone, MessageInfo
@@ -104,6 +105,7 @@ class MailboxIndex:
         # A big write left its WAL checkpoint for checkpoint(), to be run off the reply path.
         self.checkpoint_due = False
         sql.prepare(self.db_path, check=check)
+        self.quick_rows = QuickRows(self.db_path)  # for FolderIndex.unchanged_since
 
     def _conn(self) -> sqlite3.Connection:
         """The connection lent to this thread for the public call in progress."""
@@ -202,6 +204,7 @@ class MailboxIndex:
             self._folders.clear()
         for conn in conns:
             conn.close()
+        self.quick_rows.close()
         self._local = threading.local()
 
     def __enter__(self) -> MailboxIndex:
