@@ -29,7 +29,7 @@ class QuickRows:
     def __init__(self, db_path: Path) -> None:
         self._path = f"{db_path}-shm"
         self._lock = threading.Lock()
-        self._file: tuple[int, int] | None = None  # (fd, inode) of the -shm file read
+        self._fd: int | None = None  # the -shm file, open for reading
         self._rows: dict[tuple[str, int], tuple[bytes, tuple]] = {}
 
     def row(self, conn: sqlite3.Connection, query: str, folder_id: int) -> tuple | None:
@@ -49,15 +49,14 @@ class QuickRows:
     def _stamp(self) -> bytes | None:
         """The header's bytes, or None when they cannot be read (no WAL index yet)."""
         try:
-            inode = os.stat(self._path).st_ino
             with self._lock:
-                if self._file is None or self._file[1] != inode:
-                    # A -shm file made again (every connection to the database closed
-                    # meanwhile): the old one would never change.
+                # SQLite removes the -shm file when the last connection to the database
+                # closes; one made again later is another file, and the old one would never
+                # change.  fstat() of the file open, not stat() of its name: no path walk.
+                if self._fd is None or os.fstat(self._fd).st_nlink == 0:
                     self._close()
-                    self._file = (os.open(self._path, os.O_RDONLY | os.O_CLOEXEC), inode)
-                fd = self._file[0]
-                data = os.pread(fd, HEADER, 0)
+                    self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                data = os.pread(self._fd, HEADER, 0)
         except OSError:
             return None
         return data if len(data) == HEADER else None
@@ -68,6 +67,6 @@ class QuickRows:
             self._rows.clear()
 
     def _close(self) -> None:
-        if self._file is not None:
-            os.close(self._file[0])
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
