@@ -103,8 +103,9 @@ class FolderIndex(FolderCache, FolderState):
         if self._unreported or self._rows_pending():
             return False
         # Only the five columns it compares, by id: a FolderRow by name costs twice as much,
-        # after every command.  No row (the folder was dropped): refresh() finds out.
-        row = self._conn().execute(_QUICK_CHECK, (self._id,)).fetchone()
+        # after every command; and not even those while nothing was committed (index_quick).
+        # No row (the folder was dropped): refresh() finds out.
+        row = self.index.quick_rows.row(self._conn(), _QUICK_CHECK, self._id)
         if row is None or row[0] != modseq:
             return False
         now = time.time_ns()

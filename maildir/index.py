@@ -58,6 +58,7 @@ from maildir import index_sql as sql
 from maildir.folder_index import FolderIndex
 from maildir.folders import INBOX, folder_path, is_inbox
 from maildir.index_cache import lends_connections, without_connection
+from maildir.index_quick import QuickRows
 from maildir.index_state import MODSEQ_BLOCK
 from maildir.index_sync import SyncResult
 from maildir.index_types import Changes, FolderStatus, MessageGone, MessageInfo
@@ -105,6 +106,7 @@ class MailboxIndex:
         # A big write left its WAL checkpoint for checkpoint(), to be run off the reply path.
         self.checkpoint_due = False
         sql.prepare(self.db_path, check=check)
+        self.quick_rows = QuickRows(self.db_path)  # for FolderIndex.unchanged_since
 
     def _conn(self) -> sqlite3.Connection:
         """The connection lent to this thread for the public call in progress."""
@@ -117,10 +119,22 @@ class MailboxIndex:
     def connection(self) -> Iterator[sqlite3.Connection]:
         """Lend this thread a connection from the pool for the block (re-entrant: a call
         inside a call keeps the outer one's connection, so its transaction too)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield conn
+        lent = self.lend()
+        if lent is None:
+            yield self._local.conn
             return
+        try:
+            yield lent
+        finally:
+            self.give_back(lent)
+
+    def lend(self) -> sqlite3.Connection | None:
+        """``connection()`` in two halves, for ``lends_connections``, which lends one per
+        public call: a generator-based context manager costs as much again as the lending
+        (a few microseconds, twice for every small IMAP command).  None when this thread
+        has one already; else hand the one returned to ``give_back``."""
+        if getattr(self._local, "conn", None) is not None:
+            return None
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
@@ -128,18 +142,18 @@ class MailboxIndex:
             with self._lock:
                 self._conns.append(conn)
         self._local.conn = conn
-        try:
-            yield conn
-        finally:
-            self._local.conn = None
-            with self._lock:
-                keep = len(self._idle) < IDLE_CONNECTIONS and conn in self._conns
-                if keep:
-                    self._idle.append(conn)
-                elif conn in self._conns:
-                    self._conns.remove(conn)
-            if not keep:
-                conn.close()
+        return conn
+
+    def give_back(self, conn: sqlite3.Connection) -> None:
+        self._local.conn = None
+        with self._lock:
+            keep = len(self._idle) < IDLE_CONNECTIONS and conn in self._conns
+            if keep:
+                self._idle.append(conn)
+            elif conn in self._conns:
+                self._conns.remove(conn)
+        if not keep:
+            conn.close()
 
     def folder(self, name: str, early=None) -> FolderIndex:
         """The index of folder ``name``, synced on first use in this process.
@@ -197,6 +211,7 @@ class MailboxIndex:
             self._folders.clear()
         for conn in conns:
             conn.close()
+        self.quick_rows.close()
         self._local = threading.local()
 
     def __enter__(self) -> MailboxIndex:

@@ -29,13 +29,19 @@ def lends_connections(index_of, waits: bool = False):
         def wrapper(self, *args, **kwargs):
             if wait:
                 self._wait_for_rows()
-            with index_of(self).connection():
+            index = index_of(self)
+            lent = index.lend()  # connection() without its context manager: see lend
+            if lent is None:
                 return func(self, *args, **kwargs)
+            try:
+                return func(self, *args, **kwargs)
+            finally:
+                index.give_back(lent)
         return wrapper
 
     def decorate(cls):
         for name, member in list(vars(cls).items()):
-            if name.startswith("_") or name in ("close", "connection") or \
+            if name.startswith("_") or name in ("close", "connection", "lend", "give_back") or \
                     getattr(member, "needs_connection", True) is False:
                 continue
             if isinstance(member, property):

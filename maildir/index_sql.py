@@ -302,6 +302,10 @@ def message_rows(
     (in SQLite, on a scan of a big folder: STORE 1:* +FLAGS \\Seen reads only the unseen)."""
     keep = set(uids)
     make = MsgRow._make  # from the row as it is, without unpacking it into nine arguments
+    if len(keep) == 1:
+        # A client opening a message (FETCH n BODY.PEEK[], on the event loop): one row by
+        # its key, without sorting, chunking and padding an IN list (a third of the cost).
+        return list(map(make, conn.execute(_ONE_ROW, (folder_id, *keep))))
     query = f"SELECT {MSG_COLUMNS} FROM messages WHERE folder = ?"
     if len(keep) > 20 * CHUNK:  # most of a big folder: one scan beats many lookups
         params: tuple = (folder_id,)
@@ -317,6 +321,9 @@ def message_rows(
         cursor = conn.execute(f"{query} AND uid IN ({marks}) ORDER BY uid", (folder_id, *params))
         result.extend(map(make, cursor))
     return result
+
+
+_ONE_ROW = f"SELECT {MSG_COLUMNS} FROM messages WHERE folder = ? AND uid = ?"
 
 
 def file_names(conn: sqlite3.Connection, folder_id: int, uids: Iterable[int]) -> list[tuple]:

@@ -19,7 +19,10 @@ T = TypeVar("T")
 
 class ReadTimer:
     def __init__(self, reader: asyncio.StreamReader) -> None:
+        """Made in the connection's task: the loop is looked up once, not per read
+        (``asyncio.get_running_loop`` costs a getpid() system call each time)."""
         self.reader = reader
+        self.loop = asyncio.get_running_loop()
         self.timed_out = False
         self._deadline = 0.0
         self._reading = False
@@ -28,7 +31,7 @@ class ReadTimer:
 
     async def wait(self, read: Awaitable[T], deadline: float) -> T:
         """``await read`` (a read of ``reader``), ended at ``deadline`` (the loop's time)."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._deadline = deadline
         if self._timer is None or self._timer_at > deadline:
             self._arm(loop)

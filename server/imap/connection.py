@@ -91,13 +91,17 @@ class Connection:
             self.writer.write(b"".join(self._out))
             self._out.clear()
             self._out_size = 0
-        await self.writer.drain()
+        # Waiting for the client to take what is written matters only when some of it is
+        # still buffered (uvloop sends at once what the socket takes); a connection lost
+        # meanwhile is found by the next read.
+        if self.writer.transport.get_write_buffer_size():
+            await self.writer.drain()
 
     async def _fill(self) -> None:
         # RFC 3501 §5.4's 30 minutes are for users; a connection that has not logged in
         # gets a minute in all, so silent or trickling connections cannot hold every slot.
         if self.session.user is not None:
-            deadline = asyncio.get_running_loop().time() + self.idle_timeout
+            deadline = self.timer.loop.time() + self.idle_timeout
         else:
             deadline = self.login_deadline
         data = await self.timer.wait(self.reader.read(READ_SIZE), deadline)

@@ -10,6 +10,7 @@ up in memory.  The first ENVELOPE/BODYSTRUCTURE of many messages goes to the par
 from __future__ import annotations
 
 from server.imap import fetch, parsepool
+from server.imap.fetchplan import plan as fetch_plan
 from server.imap.responses import No
 
 BATCH = 500  # messages rendered per worker-thread call...
@@ -24,19 +25,14 @@ class FetchCommands:
     async def do_fetch(self, cmd):
         sel = self.selected
         args = cmd.args
-        items = list(args.items)
-        names = {i.name for i in items}
-        if "MODSEQ" in names or args.changedsince is not None:
+        plan = fetch_plan(args.items, cmd.uid, args.changedsince is not None)
+        if plan.condstore or args.changedsince is not None:
             self._condstore()
-        if cmd.uid and "UID" not in names:
-            items.insert(0, _item("UID"))
-        if args.changedsince is not None and "MODSEQ" not in names:
-            items.append(_item("MODSEQ"))  # RFC 7162 §3.3: CHANGEDSINCE implies MODSEQ
         targets = sel.select(args.seqset, cmd.uid)
         if not targets:
             return
         seen_uids = []
-        if not sel.readonly and any(fetch.sets_seen(i) for i in items):
+        if plan.sets_seen and not sel.readonly:
             seen_uids = [u for _, u in targets if "\\Seen" not in sel.flags.get(u, ())]
         if seen_uids:
             changed, _ = await self.io(sel.folder.store_flags, seen_uids, {"\\Seen"}, "add")
@@ -44,33 +40,30 @@ class FetchCommands:
                 sel.flags[info.uid] = info.flags
             self.notify(sel.name)
         seen = set(seen_uids)
-        if names <= {"UID", "FLAGS"} and args.changedsince is None and not seen:
+        if plan.view_only and args.changedsince is None and not seen:
             # The sync every client runs on the whole folder: the view has all it needs.
-            order = tuple(i.name for i in items)
             # One chunk per batch, not per line: each yield climbs three async generators.
             for start in range(0, len(targets), BATCH * 4):
-                yield b"".join(sel.uid_flags_lines(targets[start:start + BATCH * 4], order))
+                yield b"".join(sel.uid_flags_lines(targets[start:start + BATCH * 4],
+                                                   plan.order))
             return
         # The index rows are read in the first batch's thread call: a FETCH of one message
         # (the commonest) then costs one trip to a worker thread, not two.
         # ENVELOPE and the like need no row: a cached value is there only while its
         # message is, and one that is not is computed from the file, found by its path.
-        want_infos = args.changedsince is not None or bool(names & INFO_ITEMS) or \
-            any(fetch.needs_file(i) for i in items)
+        want_infos = args.changedsince is not None or plan.wants_infos
         infos = None
-        if want_infos and len(targets) <= INLINE_MESSAGES and \
-                not any(fetch.cached_kind(i) for i in items):
+        if want_infos and len(targets) <= INLINE_MESSAGES and not plan.kinds:
             # A client opening a message or two: on the event loop when the files are
             # small, as a trip to a worker thread costs more than reading them (page cache).
             # Not with ENVELOPE and the like, whose first computation writes to the index.
-            infos, paths = sel.folder.located([u for _, u in targets],
-                                              dates="INTERNALDATE" in names)
+            infos, paths = sel.folder.located([u for _, u in targets], dates=plan.dates)
             if len(infos) < len(targets):
                 infos = None  # a file not where the index says: a thread finds it out
             elif sum(info.size for info in infos.values()) <= INLINE_BYTES:
                 try:
                     lines, missing, _, _ = self._fetch_batch(
-                        targets, items, args.changedsince, seen, infos, None, paths=paths,
+                        targets, plan, args.changedsince, seen, infos, None, paths=paths,
                         inline=True)
                 except _Moved:
                     infos = None  # finding it takes a sync, which may wait for a lock
@@ -89,7 +82,7 @@ class FetchCommands:
             batch = targets[start:start + BATCH]
             upcoming = [u for _, u in targets[start + BATCH:start + 2 * BATCH]]
             lines, missing, done, infos = await self.io(
-                self._fetch_batch, batch, items, args.changedsince, seen, infos,
+                self._fetch_batch, batch, plan, args.changedsince, seen, infos,
                 targets if want_infos and infos is None else None, ahead, upcoming)
             start += done
             gone = gone or missing
@@ -98,27 +91,24 @@ class FetchCommands:
         if gone:
             raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
 
-    def _fetch_batch(self, batch, items, changedsince, seen, infos, info_targets, ahead=None,
+    def _fetch_batch(self, batch, plan, changedsince, seen, infos, info_targets, ahead=None,
                      upcoming=(), paths=None, inline=False,
                      ) -> tuple[list[bytes], bool, int, dict | None]:
         """Runs in a worker thread (a few small messages: on the event loop): cache, file
-        reads, MIME. ``infos`` is None when only
-        flags and UIDs are asked for: the session's view has those; ``info_targets``: read
-        the index rows of these first (the first batch), and hand them back for the rest;
-        ``ahead`` and ``upcoming``: see ``_pooled``.  ``inline`` (on the event loop): a file
-        not under its indexed name raises _Moved instead of being looked for."""
+        reads, MIME.  ``plan``: what the items need (fetchplan).  ``infos`` is None when
+        only flags and UIDs are asked for: the session's view has those; ``info_targets``:
+        read the index rows of these first (the first batch), and hand them back for the
+        rest; ``ahead`` and ``upcoming``: see ``_pooled``.  ``inline`` (on the event loop):
+        a file not under its indexed name raises _Moved instead of being looked for."""
         sel = self.selected
         folder = sel.folder
         if info_targets is not None:
-            dates = any(i.name == "INTERNALDATE" for i in items)
-            infos = _infos(folder, [u for _, u in info_targets], dates)
+            infos = _infos(folder, [u for _, u in info_targets], plan.dates)
         uids = [u for _, u in batch]
-        kinds = {fetch.cached_kind(i) for i in items} - {None}
+        items, kinds, wants_file = plan.items, plan.kinds, plan.wants_file
         cache = {k: folder.get_cached_many(uids, k) for k in kinds}
         new_cache: dict[str, list] = {k: [] for k in kinds}
-        wants_file = any(fetch.needs_file(i) for i in items)
-        # ENVELOPE alone (a client's first sync of a folder) needs only the header.
-        header_only = not wants_file and kinds <= {"envelope"}
+        header_only = plan.header_only
         lines, missing, done, size = [], False, 0, 0
         pool = self.ctx.parse_pool
         if kinds and not wants_file and pool is not None and ahead is not None:
@@ -144,7 +134,8 @@ class FetchCommands:
                     paths = folder.paths(uids)
                 try:
                     path = paths.get(uid)
-                    message = fetch.crlf(_read(folder, uid, path, header_only, inline), path)
+                    message = fetch.crlf(_read(folder, uid, path, header_only, inline,
+                                               info and info.size), path)
                 except (OSError, LookupError):
                     missing = True
                     continue
@@ -187,20 +178,19 @@ class FetchCommands:
         return lines, missing, done, infos
 
 
-INFO_ITEMS = {"INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-
 
 class _Moved(Exception):
     """A file is not where the index says: another program renamed or deleted it."""
 
 
-def _read(folder, uid: int, path: str | None, header_only: bool, inline: bool = False) -> bytes:
+def _read(folder, uid: int, path: str | None, header_only: bool, inline: bool = False,
+          size: int | None = None) -> bytes:
     """The message (or as much as holds its header) from ``path``, looked up for the whole
     batch in one query; a file renamed since by another program is found by ``read``
-    (not ``inline``: that syncs)."""
+    (not ``inline``: that syncs).  ``size``: the index's, if the batch read the rows."""
     if path is not None:
         try:
-            return fetch.read_file(path, header_only)
+            return fetch.read_file(path, header_only, size)
         except FileNotFoundError:
             if inline:
                 raise _Moved from None
@@ -244,9 +234,3 @@ def _infos(folder, uids: list[int], dates: bool) -> dict:
     # Internal dates the index has not read yet are read only for a FETCH that shows them:
     # a client's first FETCH 1:* (RFC822.SIZE) would stat() every file for nothing.
     return folder.get_many(uids, dates=dates)
-
-
-def _item(name: str):
-    from server.imap.parser import FetchItem
-
-    return FetchItem(name)

@@ -234,7 +234,11 @@ class CommandReader:
                     continue
                 self._tag = _peek_tag(self._buf)
             self._text += lf + 1 - start
-            marker = _marker(bytes(self._buf[max(start, lf + 1 - _WINDOW) : lf + 1]))
+            # Only a line ending in "}" (CR LF or LF after it) can announce a literal: most
+            # lines are looked at no further (a copy and a regex search per command).
+            brace = lf - 1 - (lf >= 1 and self._buf[lf - 1] == 0x0D)
+            marker = _marker(bytes(self._buf[max(start, lf + 1 - _WINDOW) : lf + 1])) \
+                if brace >= start and self._buf[brace] == 0x7D else None
             if self._text > self.max_line:
                 # discarding as when the line is cut while still arriving: same answer
                 # however the bytes came in.

@@ -229,6 +229,11 @@ class Selected:
         and UIDs that are not here are ignored (RFC 3501 §6.4.8)."""
         if not self.uids:
             return []
+        ranges = seqset.ranges
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            if first == last and first is not None and first >= 1:
+                return self._select_one(first, uid)
         # The intervals are sorted and disjoint, so the pairs come out in order, unique; each
         # is one slice of the view zipped with its numbers (1:* names 100,000 at once).
         out: list[tuple[int, int]] = []
@@ -241,6 +246,14 @@ class Selected:
         for lo, hi in seqset.intervals(len(self.uids)):
             out += zip(range(lo, hi + 1), self.uids[lo - 1:hi], strict=True)
         return out
+
+    def _select_one(self, n: int, uid: bool) -> list[tuple[int, int]]:
+        """``select`` of a set naming one number (a client opening a message), without
+        building, sorting and merging intervals."""
+        if uid:
+            i = bisect.bisect_left(self.uids, n)
+            return [(i + 1, n)] if i < len(self.uids) and self.uids[i] == n else []
+        return [(n, self.uids[n - 1])] if n <= len(self.uids) else []
 
     # --- untagged updates ---
 

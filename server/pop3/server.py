@@ -146,7 +146,7 @@ class Connection:
 
     async def line(self) -> bytes | None:
         if self.session.user:
-            deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
+            deadline = self.timer.loop.time() + self.config.idle_timeout
         else:
             deadline = self.login_deadline
         timer = self.timer

@@ -372,3 +372,40 @@ def test_news_for_a_pipelined_run_comes_with_its_last_command(r, mx, user):
         other.cmd("f", "STORE 2 +FLAGS (\\Flagged)")
     lines, done = r.cmd("c", "FETCH 3 (UID)")
     assert any(b"FLAGS (\\Flagged)" in line for line in lines) and done.startswith(b"c OK")
+
+
+def test_a_run_of_one_message_fetches_still_carries_every_change_made_elsewhere(r, mx, user):
+    # The check after each command skips SQLite while nothing was committed (index_quick):
+    # what another session stores or expunges, another program renames and mail delivered
+    # meanwhile must still reach a client opening one message after another; an expunge
+    # waits for a command that may announce it (RFC 3501 §7.4.1).
+    import os
+    from pathlib import Path
+
+    def opened(tag: str, seq: int) -> list[bytes]:
+        lines, done = r.cmd(tag, f"FETCH {seq} (BODY.PEEK[])")
+        assert done.startswith(tag.encode() + b" OK"), (lines, done)
+        return lines
+
+    opened("a", 1)
+    with Raw(mx) as other:
+        other.login(user)
+        other.cmd("s", "SELECT INBOX")
+        other.cmd("t", "STORE 2 +FLAGS (\\Flagged)")
+        assert b"* 2 FETCH (FLAGS (\\Flagged))" in opened("b", 1)
+        deliver(mx, user, "fourth", "four")
+        assert b"* 4 EXISTS" in opened("c", 3)
+        cur = mx.maildir(user)._path + "/cur"
+        first = next(n for n in os.listdir(cur)
+                     if b"Subject: first" in Path(cur, n).read_bytes())
+        os.rename(f"{cur}/{first}", f"{cur}/{first.partition(':')[0]}:2,S")
+        lines = opened("d", 1)  # renamed after the index read its name: found again
+        assert any(b"Subject: first" in x for x in lines), lines
+        lines += opened("e", 2)
+        assert any(b"* 1 FETCH (FLAGS (\\Seen))" in x for x in lines), lines
+        other.cmd("u", "STORE 3 +FLAGS.SILENT (\\Deleted)")
+        other.cmd("v", "EXPUNGE")
+    lines = opened("f", 1)
+    assert b"* 3 EXPUNGE" not in lines and any(b"Subject: first" in x for x in lines)
+    lines, done = r.cmd("g", "NOOP")
+    assert b"* 3 EXPUNGE" in lines and done.startswith(b"g OK")

@@ -66,3 +66,13 @@ def test_a_name_whose_sizes_agree_skips_the_line_end_count_and_others_are_conver
     bare = b"Subject: x\n\nbody\n"
     assert crlf(bare, "/m/cur/1.M1P1.host,S=17,W=20:2,") == bare.replace(b"\n", b"\r\n")
     assert crlf(bare, "/m/cur/1.M1P1.host:2,") == bare.replace(b"\n", b"\r\n")
+
+
+def test_a_size_from_the_index_that_is_wrong_still_reads_the_whole_file(tmp_path):
+    from server.imap.fetch import read_file
+
+    path = tmp_path / "m"
+    data = HEADER + BODY + b"z" * 70000  # longer than one follow-up read too
+    path.write_bytes(data)
+    for size in (None, 0, 10, len(data) - 1, len(data), len(data) + 500):
+        assert read_file(str(path), size=size) == data, size

@@ -43,6 +43,23 @@ def test_values_and_contains():
     assert [n for n in range(12) if s.contains(n, 8)] == [2, 3, 4, 6, 7]
 
 
+@pytest.mark.parametrize("text", ["1", "7", "123456789", "1234567890", "4294967295",
+                                  "4294967296", "0", "007", "12:12", "3,3"])
+def test_one_number_in_a_command_parses_as_the_whole_set_would(text):
+    # seqset.parse takes a lone number on a shorter path than parse_sequence_set
+    from server.imap.grammar import seqset
+
+    try:
+        expected = parse_sequence_set(text)
+    except ParseError as err:
+        with pytest.raises(ParseError):
+            seqset.parse(memoryview(text.encode() + b" X"))
+        assert "sequence number" in err.message or "0 is not" in err.message
+        return
+    got, rest = seqset.parse(memoryview(text.encode() + b" X"))
+    assert got == expected and bytes(rest) == b" X"
+
+
 def test_reversed_ranges_are_the_same_range():
     assert parse_sequence_set("5:3").values(10) == [3, 4, 5]
     assert parse_sequence_set("*:3").values(5) == [3, 4, 5]

@@ -189,6 +189,19 @@ def test_select_by_sequence_numbers_names_each_message_once_in_order(text):
     assert [seq for seq, _ in reference] == sorted({seq for seq, _ in reference})
 
 
+@pytest.mark.parametrize("n", [1, 3, 9, 10, 12, 20, 41, 42, 4294967295])
+def test_select_of_one_number_names_what_the_intervals_name(n):
+    from server.imap.grammar.seqset import SequenceSet
+
+    view = Selected(None, "INBOX", readonly=False, condstore=False)
+    view.uids.extend([3, 5, 8, 9, 12, 20, 21, 40, 41])
+    one = SequenceSet(((n, n),))
+    assert view.select(one, uid=False) == \
+        [(seq, view.uids[seq - 1]) for seq in one.values(len(view.uids))]
+    assert view.select(one, uid=True) == \
+        [(view.uids.index(u) + 1, u) for u in view.uids if one.contains(u, view.uids[-1])]
+
+
 def test_views_of_a_folder_share_one_copy_until_one_of_them_changes(index):
     add(index, 20)
     a, b = load(index), load(index)

@@ -110,4 +110,10 @@ def parse(buf: Buf) -> tuple[SequenceSet, Buf]:
     m = _TOKEN.match(buf)
     if not m:
         raise fail("a sequence set like 1:5,7 or 1:*", buf)
-    return parse_sequence_set(m.group()), buf[m.end() :]
+    text = m.group()
+    # One message (a client opening it: FETCH n BODY.PEEK[]): the commonest set, taken
+    # without splitting; nine digits at most cannot pass MAX_NUMBER, no leading 0 is valid.
+    if text.isdigit() and len(text) <= 9 and text[0] != 0x30:
+        n = int(text)
+        return SequenceSet(((n, n),)), buf[m.end() :]
+    return parse_sequence_set(text), buf[m.end() :]
