@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from bench import maildata
+from bench import maildata, procs
 from bench.dovecot import Dovecot
 from bench.instance import USER, Mailstead
 from bench.report import Row
@@ -218,6 +218,9 @@ def _round(template: Path, workdir: Path, n: int, r: int,
         targets = [Target("mailstead", ms.port("imaps"), ms.password, ms.cert, ms.memory),
                    Target("dovecot", dovecot.imaps, dovecot.password, ms.cert,
                           dovecot.memory)]
+        # Neither is timed while a server is still starting (procs.wait_idle).
+        for pid in (ms.pid, dovecot.proc.pid):
+            procs.wait_idle(pid)
         ops = {t.name: operations(t, n) for t in (targets if r % 2 == 0 else targets[::-1])}
         print(f"  imap {n} round {r + 1}: " + ", ".join(
             f"{op} {ops['mailstead'][op] * 1000:.0f}/{ops['dovecot'][op] * 1000:.0f} ms"

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench import maildata
+from bench import maildata, procs
 from bench.dovecot import Dovecot
 from bench.instance import POP_USER, Mailstead
 from bench.report import Row
@@ -55,6 +55,8 @@ def measure(n: int, details: dict) -> list[Row]:
         dovecot = Dovecot(tmp / "dovecot", ms.cert, ms.key)
         dovecot.add_user(POP_USER, template)
         stack.enter_context(dovecot)
+        for pid in (ms.pid, dovecot.proc.pid):  # neither timed while still starting
+            procs.wait_idle(pid)
         got = {"mailstead": session(ms.port("pop3s"), POP_USER, ms.password, n),
                "dovecot": session(dovecot.pop3s, POP_USER, dovecot.password, n)}
     details["pop3"] = {"messages": n, "seconds": got}

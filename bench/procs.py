@@ -102,3 +102,30 @@ def memory(pids: list[int]) -> dict[str, int]:
     """Summed VmRSS and PSS (KiB) of ``pids``; RSS counts shared pages once per process."""
     return {"rss_kib": sum(_status_kib(p, "VmRSS") for p in pids),
             "pss_kib": sum(_pss_kib(p) for p in pids), "processes": len(pids)}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (processes gone meanwhile count 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def wait_idle(pid: int, busy: float = 0.05, window: float = 0.25, timeout: float = 20) -> float:
+    """Wait until the tree of ``pid`` uses under ``busy`` of one CPU over ``window`` seconds
+    (a server done starting: mailstead's SMTP worker processes import for a second or two
+    after its ports listen, and a figure timed meanwhile shares the machine with them).
+    Returns the seconds waited; gives up quietly after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(tree(pid))
+        time.sleep(window)
+        if cpu_seconds(tree(pid)) - before < busy * window:
+            break
+    return time.monotonic() - started
