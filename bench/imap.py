@@ -25,11 +25,15 @@ server's processes with the sessions open (mailstead: its process; Dovecot: the 
 everything under it: login proxies, imap processes, auth, config, log, anvil).
 
 Both servers run the whole time; the files are in the page cache for both (just written),
-so "cold" means no server index, not a cold disk.
+so "cold" means no server index, not a cold disk. Each server's sequence starts on a quiet
+machine: dirty pages written out (sync) and both servers' processes idle (``procs.wait_idle``),
+so neither is timed while the other still writes behind its last operation, or while a
+server is starting.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -218,10 +222,14 @@ def _round(template: Path, workdir: Path, n: int, r: int,
         targets = [Target("mailstead", ms.port("imaps"), ms.password, ms.cert, ms.memory),
                    Target("dovecot", dovecot.imaps, dovecot.password, ms.cert,
                           dovecot.memory)]
-        # Neither is timed while a server is still starting (procs.wait_idle).
-        for pid in (ms.pid, dovecot.proc.pid):
-            procs.wait_idle(pid)
-        ops = {t.name: operations(t, n) for t in (targets if r % 2 == 0 else targets[::-1])}
+        ops = {}
+        for t in targets if r % 2 == 0 else targets[::-1]:
+            # Each on a quiet machine: not while a server is still starting, or writing
+            # behind the other's last operation (its index, the disk's dirty pages).
+            os.sync()
+            for pid in (ms.pid, dovecot.proc.pid):
+                procs.wait_idle(pid)
+            ops[t.name] = operations(t, n)
         print(f"  imap {n} round {r + 1}: " + ", ".join(
             f"{op} {ops['mailstead'][op] * 1000:.0f}/{ops['dovecot'][op] * 1000:.0f} ms"
             for op in ops["mailstead"]), flush=True)
