@@ -336,7 +336,7 @@ class UidList:
                 # The usual case (always, for a folder new to us): all new, so the UIDs and
                 # lines are made in C rather than a loop of ours (a tenth of a first sync).
                 result = list(range(next_uid, next_uid + len(bases)))
-                lines = [f"{uid} {base}\n" for uid, base in zip(result, bases)]
+                lines = [f"{uid} {base}\n" for uid, base in zip(result, bases, strict=True)]
                 next_uid += len(bases)
             else:
                 result, lines = [], []
