@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.support.imap import lines_until_closed
 from tests.support.instance import PASSWORD, Instance
 
 USER = "pat@example.test"
@@ -60,13 +61,7 @@ class Raw:
         return self.line()
 
     def rest(self) -> list[bytes]:
-        """Every line until the server closes the connection."""
-        lines = []
-        try:
-            while True:
-                lines.append(self.line())
-        except (ConnectionError, OSError):
-            return lines
+        return lines_until_closed(self.line)
 
     def starttls(self, inst: Instance) -> None:
         self.sock = inst.tls_context().wrap_socket(self.sock, server_hostname="localhost")

@@ -7,11 +7,9 @@ from __future__ import annotations
 import re
 
 from maildir import index_sync
-from tests.protocol.test_imap_store_big import N as STORE_N
-from tests.protocol.test_imap_store_big import fill
-from tests.support.imap import Raw
+from tests.support.imap import Raw, fill_cur
 
-assert STORE_N > index_sync.WRITE_BEHIND_ROWS  # fill() makes enough for the early answer
+N = index_sync.WRITE_BEHIND_ROWS + 50
 
 CODES = (b"EXISTS", b"UNSEEN", b"UIDVALIDITY", b"UIDNEXT", b"HIGHESTMODSEQ", b"FLAGS")
 
@@ -27,16 +25,16 @@ def select_facts(lines: list[bytes]) -> dict[bytes, bytes]:
 
 def test_a_first_select_of_thousands_answers_what_the_index_then_says(mx):
     address = "bigselect@example.test"
-    fill(mx, address)
+    fill_cur(mx, address, N)
     with Raw(mx) as one, Raw(mx) as two, Raw(mx) as three:
         for session in (one, two, three):
             session.login(address)
         lines, done = one.cmd("s", "SELECT INBOX (CONDSTORE)")
         assert done.startswith(b"s OK [READ-WRITE]")
         first = select_facts(lines)
-        assert first[b"EXISTS"] == b"* %d EXISTS" % STORE_N
+        assert first[b"EXISTS"] == b"* %d EXISTS" % N
         assert first[b"UNSEEN"].startswith(b"* OK [UNSEEN 1]")
-        assert first[b"UIDNEXT"].startswith(b"* OK [UIDNEXT %d]" % (STORE_N + 1))
+        assert first[b"UIDNEXT"].startswith(b"* OK [UIDNEXT %d]" % (N + 1))
         # Straight after the answer, while the rows may still be going in: a second
         # session's SELECT and a STATUS read the index, the first session its own view
         # and then the index (SEARCH).
@@ -51,8 +49,8 @@ def test_a_first_select_of_thousands_answers_what_the_index_then_says(mx):
         assert select_facts(lines_t) == first
         modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", first[b"HIGHESTMODSEQ"])[1])
         assert lines_u == [b"* STATUS INBOX (MESSAGES %d UNSEEN %d UIDNEXT %d HIGHESTMODSEQ %d)"
-                           % (STORE_N, STORE_N, STORE_N + 1, modseq)]
-        assert len(lines_a) == STORE_N and lines_a[-1] == \
-            b"* %d FETCH (UID %d FLAGS ())" % (STORE_N, STORE_N)
-        assert lines_b == [b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, STORE_N + 1))]
+                           % (N, N, N + 1, modseq)]
+        assert len(lines_a) == N and lines_a[-1] == \
+            b"* %d FETCH (UID %d FLAGS ())" % (N, N)
+        assert lines_b == [b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, N + 1))]
     mx.wait_for_log("first index rows of INBOX written")

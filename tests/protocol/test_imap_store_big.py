@@ -5,21 +5,11 @@ the storing session included, may see the flags from before the answer."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from maildir import index_ops
-from tests.support.imap import Raw
+from tests.support.imap import Raw, fill_cur
 
 N = index_ops.WRITE_BEHIND_ROWS + 50
-
-
-def fill(mx, address: str) -> None:
-    """N messages put straight into cur/ (SMTP would take too long for a unit of work)."""
-    mx.add_user(address)
-    cur = Path(mx.maildir(address)._path) / "cur"
-    for i in range(N):
-        data = b"From: bob@remote.test\r\nSubject: number %d\r\n\r\nbody\r\n" % i
-        (cur / f"{1_700_000_000 + i}.M{i}P1.test,S={len(data)}:2,").write_bytes(data)
 
 
 def fetched_seen(lines: list[bytes]) -> set[int]:
@@ -29,7 +19,7 @@ def fetched_seen(lines: list[bytes]) -> set[int]:
 
 def test_every_reader_sees_a_big_store_once_it_is_answered(mx):
     address = "bigstore@example.test"
-    fill(mx, address)
+    fill_cur(mx, address, N)
     with Raw(mx) as one, Raw(mx) as two, Raw(mx) as three:
         for session in (one, two, three):
             session.login(address)
@@ -60,7 +50,7 @@ def test_every_reader_sees_a_big_store_once_it_is_answered(mx):
 
 def test_an_idling_session_hears_every_change_of_a_big_store(mx):
     address = "bigidle@example.test"
-    fill(mx, address)
+    fill_cur(mx, address, N)
     with Raw(mx) as one, Raw(mx) as two:
         for session in (one, two):
             session.login(address)

@@ -6,6 +6,7 @@ import imaplib
 import re
 import socket
 import ssl
+from pathlib import Path
 
 from tests.support.instance import PASSWORD, Instance
 
@@ -26,6 +27,26 @@ def client(inst: Instance, user: str | None = None, implicit_tls: bool = True):
 def deliver(inst: Instance, to: str, subject: str, body: str = "body", extra: str = "") -> None:
     inst.send(to, (f"From: Bob <bob@remote.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
                    f"Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n{extra}\r\n{body}\r\n").encode())
+
+
+def fill_cur(inst: Instance, address: str, n: int) -> None:
+    """A new user with ``n`` messages put straight into cur/, unseen (SMTP would take too
+    long for thousands)."""
+    inst.add_user(address)
+    cur = Path(inst.maildir(address)._path) / "cur"
+    for i in range(n):
+        data = b"From: bob@remote.test\r\nSubject: number %d\r\n\r\nbody\r\n" % i
+        (cur / f"{1_700_000_000 + i}.M{i}P1.test,S={len(data)}:2,").write_bytes(data)
+
+
+def lines_until_closed(line) -> list[bytes]:
+    """Every line ``line()`` gives until the server hangs up."""
+    lines = []
+    try:
+        while True:
+            lines.append(line())
+    except (ConnectionError, OSError):
+        return lines
 
 
 class Raw:
@@ -88,13 +109,7 @@ class Raw:
         assert done.startswith(b"L OK"), done
 
     def lines_until_closed(self) -> list[bytes]:
-        """Every response line until the server hangs up."""
-        lines = []
-        try:
-            while True:
-                lines.append(self.line())
-        except (ConnectionError, OSError):
-            return lines
+        return lines_until_closed(self.line)
 
     def closed(self, timeout: float = 5) -> bool:
         self.sock.settimeout(timeout)

@@ -96,7 +96,7 @@ def test_readers_wait_for_the_rows_and_the_event_loop_calls_do_not(root, behind)
     assert results["located"] == ({}, {})
 
 
-def test_small_first_sync_and_no_hook_write_first(root):
+def test_a_small_first_sync_writes_its_rows_first(root):
     calls = []
     with MailboxIndex(root) as mi:  # N is below WRITE_BEHIND_ROWS: no early view
         mi.folder("INBOX", early=calls.append)
