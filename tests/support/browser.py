@@ -109,7 +109,12 @@ class Browser:
             lambda d: d.execute_script("return document.readyState") == "complete")
 
     def wait_for_path(self, prefix: str) -> None:
-        WebDriverWait(self.driver, WAIT).until(lambda d: self.path.startswith(prefix))
+        """Wait for a page under ``prefix`` to have loaded.  The URL changes when the
+        navigation commits, before the new document is there: an element found at that
+        moment may belong to the old one ("Node ... does not belong to the document")."""
+        WebDriverWait(self.driver, WAIT).until(
+            lambda d: self.path.startswith(prefix)
+            and d.execute_script("return document.readyState") == "complete")
 
     def cookie(self, name: str) -> dict | None:
         return self.driver.get_cookie(name)
