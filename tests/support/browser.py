@@ -26,10 +26,13 @@ from tests.conftest import require_tool
 os.environ.setdefault("SE_OFFLINE", "true")
 
 from selenium import webdriver  # noqa: E402 (after SE_OFFLINE)
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -104,7 +107,7 @@ class Browser:
         (stylesheets included: they hold up the load event)."""
         old = self.driver.find_element(By.TAG_NAME, "html")
         self.find(selector).click()
-        WebDriverWait(self.driver, WAIT).until(EC.staleness_of(old))
+        WebDriverWait(self.driver, WAIT).until(lambda d: _stale(old))
         WebDriverWait(self.driver, WAIT).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
 
@@ -186,3 +189,18 @@ def launch(base_url: str = "", *, javascript: bool = True, window: tuple[int, in
         yield Browser(driver, base_url)
     finally:
         driver.quit()
+
+
+def _stale(element: WebElement) -> bool:
+    """True once ``element``'s document is gone.  EC.staleness_of expects
+    StaleElementReferenceException; Chromium 156 sometimes answers with a plain error
+    instead ("Node with given id does not belong to the document"), which means the same."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as err:
+        if "does not belong to the document" in str(err):
+            return True
+        raise
+    return False
