@@ -22,7 +22,14 @@ from itertools import repeat
 from operator import add, itemgetter, mul
 from typing import TYPE_CHECKING
 
-from maildir.index_state import KnownFiles, info_name, letters_of_info, usual_names
+from maildir.index_state import (
+    KnownFiles,
+    common_names,
+    info_name,
+    letters_of_info,
+    usual_names,
+    vsizes,
+)
 from maildir.keywords import KeywordMap, bits_of_letters, join_keywords
 
 if TYPE_CHECKING:
@@ -69,10 +76,19 @@ _FIELDS = tuple(map(itemgetter, range(6)))
 
 def bulk_match(names: list[str]) -> tuple | None:
     """Columns ``(seconds, microseconds, bases, names, sizes, letters)`` of the cur/ names
-    of a first sync (sizes as digits), as the loop per name would make their entries, from
-    one regex call and C loops; None unless every name is of the usual shape, gives its
-    size the same way (all with ,W=, or all with ,S= alone) and has a base of its own.  The
-    caller checks that the bases are new to the folder."""
+    of a first sync (sizes as digits, or None: each name's ,W=, read by ``NewRows.files``),
+    as the loop per name would make their entries, from one regex call and C loops; None
+    unless every name is of the usual shape, gives its size the same way (all with ,W=, or
+    all with ,S= alone) and has a base of its own.  The caller checks that the bases are
+    new to the folder."""
+    common = common_names(f"/{'/'.join(names)}/")
+    if len(common) == len(names):
+        bases, secs, usecs, flags = (list(map(get, common)) for get in _FIELDS[:4])
+        if len(set(bases)) != len(bases):
+            return None
+        letters = {f: letters_of_info("2," + f) for f in set(flags)}
+        return (list(map(int, secs)), list(map(int, usecs)), bases, names, None,
+                list(map(letters.__getitem__, flags)))
     matches = usual_names("/".join(names) + "/")
     # A column at a time: zip(*matches) costs three times as much, with 100,000 arguments.
     bases, secs, usecs, sizes, vsizes, infos = (list(map(get, matches)) for get in _FIELDS)
@@ -109,7 +125,17 @@ class NewRows:
         names, subdirs, sizes, dates = (
             list(map(columns[i].__getitem__, order)) for i in (3, 4, 5, 6)
         )
-        return names, subdirs, list(map(int, sizes)), dates
+        return names, subdirs, _sizes(names, sizes), dates
+
+
+def _sizes(names: list[str], sizes: list) -> list[int]:
+    """The sizes as ints; None stands for a name of ``common_names``' shape: its ,W=."""
+    if None not in sizes:
+        return list(map(int, sizes))
+    if sizes.count(None) == len(sizes):
+        return list(map(int, vsizes(f"/{'/'.join(names)}")))
+    read = iter(vsizes("/" + "/".join(n for n, s in zip(names, sizes, strict=True) if s is None)))
+    return [int(next(read) if s is None else s) for s in sizes]
 
 
 def new_rows(
@@ -151,7 +177,8 @@ def new_rows(
             keywords_of[text] = join_keywords(names_of(text))
         count = len(bases)
         for column, more in zip(columns, (
-            secs, usecs, bases, names, repeat("cur", count), sizes, repeat(None, count),
+            secs, usecs, bases, names, repeat("cur", count),
+            repeat(None, count) if sizes is None else sizes, repeat(None, count),
             map(bits_of.__getitem__, letters), map(keywords_of.__getitem__, letters),
         ), strict=True):
             column += more

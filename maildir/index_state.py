@@ -60,6 +60,22 @@ usual_name = re.compile(_usual("")).fullmatch
 # empty base.  No file name holds a "/", so no match runs from one name into the next.
 usual_names = re.compile(f"(?:{_usual('/')}|[^/]*)/").findall
 
+# The shape of nearly every name in a big cur/, Dovecot's deliveries and ours: seconds and
+# microseconds, ,S= and ,W=, a "2," info.  ``common_names(f"/{'/'.join(names)}/")`` is
+# (base, seconds digits, microsecond digits, info after "2,") per name of that shape, as
+# ``usual_names`` would split it; a match starts at a "/" and ends before one, so there is
+# one match per name only if every name has the shape.  Without the size groups and the
+# alternatives it takes half the time, which a first sync spends before its answer; the
+# sizes are read after it (``vsizes``).
+_NOT = "/\\n\\r\\ud800-\\udfff"
+_SIZE = "(?:0|[1-9][0-9]{0,18})"
+common_names = re.compile(
+    rf"/(([0-9]++)\.[^.M,:{_NOT}]*+M([0-9]++)[^,:{_NOT}]*+),S={_SIZE},W={_SIZE}:2,"
+    rf"([^{_NOT}]*+)(?=/)"
+).findall
+# ,W= of names of that shape: ``vsizes("/" + "/".join(names))``, one per name.
+vsizes = re.compile("/[^,/]*+,S=[0-9]++,W=([0-9]++):").findall
+
 # A name's seconds and microseconds as Dovecot reads them (maildir_filename_sort_cmp): the
 # leading digits, then "M<digits>" inside the next dot-separated part.
 _ORDER = re.compile(r"([0-9]*)(?:\.[^.M:]*M([0-9]*))?")

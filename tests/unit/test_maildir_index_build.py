@@ -17,13 +17,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from maildir import create_maildir, index_adds, parse_name
 from maildir.index import MailboxIndex
 from maildir.index_sql import DB_NAME
-from maildir.index_state import KnownFiles, order_of, usual_name, usual_names
+from maildir.index_state import (
+    KnownFiles,
+    common_names,
+    order_of,
+    usual_name,
+    usual_names,
+    vsizes,
+)
 from maildir.index_sync import _Pass
 from maildir.keywords import LETTER_BITS, imap_flags
 from maildir.uidlist import UIDLIST_NAME
@@ -332,23 +339,79 @@ def test_a_listing_matched_at_once_is_matched_name_by_name(names):
     assert usual_names("/".join(names) + "/") == one_by_one
 
 
-def fill_usual(root: Path, n: int, seed: int = 5) -> None:
+# The pieces of a name of common_names' shape: (good choices, choices just off the shape).
+_PIECES = [
+    (["1700000000", "0"], ["", "17x"]),
+    ([".M", ".PM", ".aPM"], [".", ".P.M", "M", ".M\n"]),
+    (["5", "0", "123456"], ["", "x"]),
+    (["", "P1.host", "a.b"], [",", ":", "\n", "\udcff", "é"]),
+    ([",S=1", ",S=0", ",S=" + "1" * 19], [",S=012", ",S=" + "1" * 20, "", ",S="]),
+    ([",W=2", ",W=0"], [",W=", ",W=01", ""]),
+    ([":2,S", ":2,", ":2,a:b", ":2,,W=3:", ":2,S:2,T"], [":1,x", "", ":2,\n", ":2,S\r", ":2"]),
+]
+
+
+_SPOILERS = [(i, bad) for i, (_, bads) in enumerate(_PIECES) for bad in bads]
+
+
+def _common_like(spoiled: bool):
+    """A name of common_names' shape; ``spoiled``: with one piece just off it."""
+    return st.builds(
+        lambda parts, spoiler: "".join(
+            spoiler[1] if spoiled and i == spoiler[0] else part for i, part in enumerate(parts)),
+        st.tuples(*(st.sampled_from(good) for good, _ in _PIECES)),
+        st.sampled_from(_SPOILERS),
+    )
+
+
+@settings(max_examples=300)
+@given(st.one_of(
+    st.lists(_common_like(False), min_size=1, max_size=6),
+    st.lists(st.one_of(_common_like(False), _common_like(True)), min_size=1, max_size=6),
+    st.builds(lambda names, odd, at: names[:at] + [odd] + names[at:],
+              st.lists(_common_like(False), max_size=5), _common_like(True), st.integers(0, 5)),
+))
+def test_a_listing_of_the_common_shape_is_split_as_name_by_name(names):
+    """common_names finds one match per name exactly when every name has the shape, and then
+    splits each as usual_name does; vsizes reads each one's ,W=."""
+    names = [n for n in names if "/" not in n]
+    assume(names)
+    shaped = []
+    for name in names:  # the shape, as usual_name splits names
+        match = usual_name(name)
+        shaped.append(match is not None and all(match.group(2, 3, 4, 5, 6))
+                      and match[6].startswith("2,"))
+    found = common_names(f"/{'/'.join(names)}/")
+    assert (len(found) == len(names)) == all(shaped)
+    if not all(shaped):
+        return
+    assert vsizes("/" + "/".join(names)) == [usual_name(n)[5] for n in names]
+    for name, (base, secs, usecs, info) in zip(names, found, strict=True):
+        assert usual_name(name).group(1, 2, 3, 6) == (base, secs, usecs, "2," + info)
+
+
+def fill_usual(root: Path, n: int, seed: int = 5, common: bool = False) -> None:
     """``n`` cur/ files named as deliveries name them (with ,S= and ,W=), in every order
-    shape and with every info: what a first sync takes all at once (``bulk_match``)."""
+    shape and with every info: what a first sync takes all at once (``bulk_match``).
+    ``common``: all of the shape common_names takes (and a "2," info)."""
     rnd = random.Random(seed)
     for k in range(n):
         sec = 1700000000 + rnd.randrange(30)
         base = [f"{sec}.M{rnd.randrange(99)}P{k}Q{k}.host", f"{sec}.P{k}.host", f"x{k}.M3.host",
-                f"{sec}.M{k}P1.hé"][k % 4]
-        path = root / "cur" / f"{base},S={100 + k},W={120 + k}{rnd.choice(INFOS)}"
+                f"{sec}.M{k}P1.hé"][0 if common else k % 4]
+        infos = [i for i in INFOS if i.startswith(":2,")] if common else INFOS
+        path = root / "cur" / f"{base},S={100 + k},W={120 + k}{rnd.choice(infos)}"
         path.write_bytes(b"x")
         os.utime(path, (sec, sec))
 
 
-@pytest.mark.parametrize("twin", [False, True])
-def test_a_first_sync_taken_at_once_matches_the_oracle(root, monkeypatch, twin):
+@pytest.mark.parametrize(("twin", "common"), [(False, False), (True, False), (False, True)])
+def test_a_first_sync_taken_at_once_matches_the_oracle(root, monkeypatch, twin, common):
     monkeypatch.setattr("maildir.index_sync.BULK", 10)
-    fill_usual(root, 300)
+    fill_usual(root, 300, common=common)
+    if common:  # sizes read after the rest, and those of new/ files known before
+        for k in range(5):
+            (root / "new" / f"1600000000.M{k}P1.host,S=7,W={9 + k}").write_bytes(b"x")
     if twin:  # the same base twice: taken name by name, which renames one
         name = sorted(os.listdir(root / "cur"))[9]
         os.link(root / "cur" / name, root / "cur" / (name.partition(":")[0] + ":2,T"))
@@ -359,9 +422,11 @@ def test_a_first_sync_taken_at_once_matches_the_oracle(root, monkeypatch, twin):
     with MailboxIndex(root) as mi:
         inbox = mi.folder("INBOX")
         assert [t is not None for t in taken] == [not twin]
+        assert [t[4] is None for t in taken if t is not None] == ([True] if common else
+                                                                  [] if twin else [False])
         assert stored(root) == oracle(root)
         view = inbox.view()
-        assert list(view.uids) == list(range(1, 301 + twin))
+        assert list(view.uids) == list(range(1, 301 + twin + 5 * common))
         assert view.flags == [imap_flags(bits, kws) for _, bits, kws, *_ in stored(root)]
         assert [m.internal_date for m in inbox.messages()] == [
             row[4] for row in oracle(root, dates=True)]
