@@ -103,6 +103,7 @@ class UidList:
         self._max_uid = 0
         self._floor = 0
         self._uids: dict[str, int] = {}
+        self._unmapped: list[tuple[Sequence[str], list[int]]] = []  # see _map()
         self._lines = 0
         self._identity: tuple[int, int] | None = None
         self._offset = 0
@@ -128,11 +129,18 @@ class UidList:
 
     def get(self, base: str) -> int | None:
         with self._mutex:
-            return self._uids.get(base)
+            return self._map().get(base)
 
     def items(self) -> dict[str, int]:
         with self._mutex:
-            return dict(self._uids)
+            return dict(self._map())
+
+    def _map(self) -> dict[str, int]:
+        """base -> UID, with what ``assign`` has written since the last look.  Needs _mutex."""
+        while self._unmapped:
+            bases, uids = self._unmapped.pop(0)
+            self._uids.update(zip(bases, uids, strict=True))
+        return self._uids
 
     def load(self) -> bool:
         """Read the file (or what was appended since the last read); False if it is missing."""
@@ -191,7 +199,7 @@ class UidList:
         self._floor = values.get("M", 0)
 
     def _parse_lines(self, lines: Iterable[bytes]) -> None:
-        uids = self._uids
+        uids = self._map()
         for line in lines:
             if line[:1] == b"M":
                 if line[1:].isdigit():
@@ -284,6 +292,8 @@ class UidList:
                 yield
             finally:
                 self._depth -= 1
+                if self._depth == 0:
+                    self._map()  # the holder's work is done (a SELECT answered): now
                 if self._depth == 0 and self._lock_fd is not None:
                     os.close(self._lock_fd)  # closing releases the flock
                     self._lock_fd = None
@@ -325,19 +335,26 @@ class UidList:
         A base already listed keeps its UID when ``reuse(base, uid)`` says so (the index
         rebuilding, or a UID another process assigned just before crashing); otherwise it
         gets a fresh one, since reusing the UID of an expunged message would break
-        RFC 3501's strictly ascending UIDs.
+        RFC 3501's strictly ascending UIDs.  ``bases`` must not change afterwards: the
+        in-memory map takes them in later (``_map``).
         """
         with self._mutex:
             self._require_lock()
-            uids = self._uids
+            uids = self._map()
             next_uid = self.next_uid
             # One write and one fsync however many: a first sync brings 100,000.
             if uids.keys().isdisjoint(bases):
                 # The usual case (always, for a folder new to us): all new, so the UIDs and
                 # lines are made in C rather than a loop of ours (a tenth of a first sync).
-                result = list(range(next_uid, next_uid + len(bases)))
-                lines = [f"{uid} {base}\n" for uid, base in zip(result, bases, strict=True)]
-                next_uid += len(bases)
+                count = len(bases)
+                result = list(range(next_uid, next_uid + count))
+                # One format of all lines: no string per line (a first sync's 100,000 cost
+                # their weight in cache misses, before the SELECT can answer).
+                values: list = [None] * (2 * count)
+                values[0::2], values[1::2] = result, bases
+                lines = [("%d %s\n" * count) % tuple(values)]
+                written = count
+                next_uid += count
             else:
                 result, lines = [], []
                 for base in bases:
@@ -348,13 +365,15 @@ class UidList:
                     result.append(next_uid)
                     lines.append(f"{next_uid} {base}\n")
                     next_uid += 1
+                written = len(lines)
             if next_uid - 1 > MAX_UID:
                 raise OverflowError(f"{self.path}: UIDs exhausted; UIDVALIDITY must change")
-            if lines:
+            if written:
                 self._append("".join(lines).encode("utf-8"))
                 # Each line is a UID no base had: the map changes once per line written.
-                uids.update(zip(bases, result, strict=True))
-                self._lines += len(lines)
+                # Later, though: a first sync answers its SELECT before it needs the map.
+                self._unmapped.append((bases, result))
+                self._lines += written
                 self._max_uid = max(self._max_uid, next_uid - 1)
             return result
 
@@ -374,7 +393,7 @@ class UidList:
         """
         with self._mutex:
             old_fd = self._require_lock()
-            entries = sorted((uid, b) for b, uid in self._uids.items() if b in existing_bases)
+            entries = sorted((uid, b) for b, uid in self._map().items() if b in existing_bases)
             data = self._render(self._uidvalidity, self.next_uid, self._floor, entries)
             tmp = self._write_aside(data)
             new_fd = None

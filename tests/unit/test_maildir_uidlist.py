@@ -69,6 +69,26 @@ def test_assign_appends_and_survives_reopening(folder):
     assert again.next_uid == 4
 
 
+def test_the_map_knows_what_assign_wrote_at_every_look(folder):
+    """assign() leaves its map update for later (a first sync answers first): every reader,
+    the same holder included, and the lock's release bring it in."""
+    uidlist = _new(folder)
+    with uidlist.locked():
+        assert uidlist.assign(["a", "b"]) == [1, 2]
+        assert uidlist.get("b") == 2  # the same holder, before the release
+        assert uidlist.assign(["c"]) == [3]
+        assert uidlist.assign(["a"], lambda base, uid: True) == [1]  # seen as listed
+        assert uidlist.items() == {"a": 1, "b": 2, "c": 3}
+        assert uidlist.assign(["d", "e"]) == [4, 5]
+    assert uidlist._unmapped == []  # taken in at the release
+    assert uidlist._uids == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+    assert uidlist.line_count == 5
+    with uidlist.locked():
+        uidlist.assign(["f"])
+        uidlist.compact({"b", "f"})
+    assert uidlist.items() == {"b": 2, "f": 6}
+
+
 def test_assign_needs_the_lock(folder):
     uidlist = _new(folder)
     with pytest.raises(RuntimeError):
