@@ -218,7 +218,7 @@ class _Pass:
         appeared, vanished = {}, {}
         for subdir, names in self.listed.items():
             known = self.known.by_dir[subdir]
-            appeared[subdir] = [n for n in names if n not in known]
+            appeared[subdir] = [n for n in names if n not in known] if known else names
             if len(names) - len(appeared[subdir]) != len(known):
                 present = set(names)
                 vanished[subdir] = [n for n in known if n not in present]
@@ -239,7 +239,8 @@ class _Pass:
             if subdir == "cur" and len(names) >= BULK:
                 bulk = bulk_match(names)
                 if bulk is not None and all(
-                    taken.keys().isdisjoint(bulk[2]) for taken in (gone, found, fresh, known_bases)
+                    not taken or taken.keys().isdisjoint(bulk[2])
+                    for taken in (gone, found, fresh, known_bases)
                 ):
                     self.bulk = bulk  # a first sync's cur/: no twins, nothing known
                     continue

@@ -343,7 +343,7 @@ class UidList:
             uids = self._map()
             next_uid = self.next_uid
             # One write and one fsync however many: a first sync brings 100,000.
-            if uids.keys().isdisjoint(bases):
+            if not uids or uids.keys().isdisjoint(bases):
                 # The usual case (always, for a folder new to us): all new, so the UIDs and
                 # lines are made in C rather than a loop of ours (a tenth of a first sync).
                 count = len(bases)
