@@ -69,6 +69,7 @@ class SMTPProtocol(SMTP):
         self.delivering = False  # the handler is writing a message: shutdown waits for it
         self._greeted = False
         self.greeted_elsewhere = False  # the dispatcher sent the 220 (listener.greeting)
+        self._continued: list[bytes] = []  # the lines of a reply pushed so far (push)
         self._in_helo = False
         self._in_mail = False
         self._close_after_transaction = False
@@ -175,10 +176,20 @@ class SMTPProtocol(SMTP):
                 status = "\r\n".join(replies.add_enhanced_code(line)
                                      for line in status.split("\r\n"))
         self._greeted = True
+        data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii",
+                             "surrogateescape") + b"\r\n"
+        if status.rpartition("\n")[2][3:4] == "-":
+            # RFC 5321 §4.2.1: not the last line of its reply. aiosmtpd pushes an EHLO answer
+            # line by line; sent at once, it is one segment and one wake-up of the client
+            # instead of six.
+            self._continued.append(data)
+            return
+        if self._continued:
+            data = b"".join(self._continued) + data
+            self._continued.clear()
         # aiosmtpd's push, without its drain when the transport is not pushing back (a
         # coroutine and two calls for every reply, all returning at once).
-        self._writer.write(status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii",
-                                         "surrogateescape") + b"\r\n")
+        self._writer.write(data)
         transport = self.transport
         if self._paused or transport is None or transport.is_closing():
             await self._writer.drain()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import smtplib
+import socket
+import struct
 
 import pytest
+
+from tests.support.rawsmtp import RawSMTP
 
 MSG = (b"From: Bob <bob@remote.test>\r\nTo: someone\r\nSubject: hello\r\n"
        b"Message-ID: <m1@remote.test>\r\n\r\nHello there.\r\n")
@@ -175,3 +179,21 @@ def test_helo_client_gets_smtp_protocol(mx):
     [stored] = mx.messages("ned@example.test")
     assert b"Received: from old.remote.test" in stored
     assert b" with SMTP id " in stored
+
+
+def _data_segments_in(sock) -> int:
+    """tcpi_data_segs_in of Linux's struct tcp_info: segments that carried data to us."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return struct.unpack_from("I", info, 152)[0]
+
+
+def test_a_multi_line_reply_comes_in_one_write(mx):
+    """RFC 5321 §4.2.1 lets a reply span lines; the EHLO answer (six of them) is written at
+    once: one segment, one wake-up of the client, instead of one per line."""
+    with RawSMTP(mx.mx_port) as c:
+        assert c.reply()[0] == 220
+        before = _data_segments_in(c.sock)
+        code, lines = c.cmd("EHLO client.remote.test")
+        assert code == 250 and len(lines) > 3
+        assert _data_segments_in(c.sock) - before == 1
+        assert c.cmd("NOOP")[0] == 250

@@ -55,7 +55,7 @@ def test_fast_init_matches_aiosmtpd(handler_cls, submission):
         plain = Plain(handler, **_kwargs(loop, ctx, submission))
         skip = {"_stream_reader_wr", "_stream_reader", "_strong_reader", "conn_id", "errors",
                 "transactions", "max_errors", "auth_enabled", "registry", "reverse_name_task",
-                "delivering", "_greeted", "greeted_elsewhere", "_in_helo", "_in_mail",
+                "delivering", "_greeted", "greeted_elsewhere", "_continued", "_in_helo", "_in_mail",
                 "_close_after_transaction", "_connected",
                 "command_size_limits", "_last_data", "_closed", "_client_connected_cb",
                 "_source_traceback", "_loop", "_over_ssl", "_task"}
@@ -220,3 +220,32 @@ def test_aiosmtpd_log_lines_are_not_sanitized_for_a_logger_that_drops_them(monke
     logger.setLevel(logging.DEBUG)
     aiosmtpd.smtp.sanitized_log(logger.debug, "%r", b"y")
     assert seen == [(b"x",), (b"y",)]
+
+
+def test_a_reply_of_several_lines_is_one_write():
+    """push() holds the lines of a reply until its last one (RFC 5321 §4.2.1: "ddd-" goes
+    on, "ddd " ends), then writes them together; one-line replies go out as they come."""
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        smtp = protocol.SMTPProtocol(MXHandler.__new__(MXHandler), max_errors=10,
+                                     registry=set(), **_kwargs(loop, ctx, False))
+        writes = []
+
+        class Writer:
+            write = writes.append
+
+        class Transport:
+            def is_closing(self):
+                return False
+
+        smtp._writer, smtp.transport, smtp._greeted = Writer(), Transport(), True
+        smtp._in_helo = True  # as for EHLO: the lines as given, no enhanced codes added
+        for line in ["250-mail.example.test", "250-SIZE 1000", "250 HELP", "250 2.0.0 OK",
+                     "250-a\r\n250 b", "214-x\r\n214-y", "214 z"]:
+            loop.run_until_complete(smtp.push(line))
+        assert writes == [b"250-mail.example.test\r\n250-SIZE 1000\r\n250 HELP\r\n",
+                          b"250 2.0.0 OK\r\n", b"250-a\r\n250 b\r\n",
+                          b"214-x\r\n214-y\r\n214 z\r\n"]
+    finally:
+        loop.close()
