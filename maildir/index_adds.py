@@ -27,6 +27,7 @@ from maildir.index_state import (
     common_names,
     info_name,
     letters_of_info,
+    split_name,
     usual_names,
     vsizes,
 )
@@ -133,9 +134,17 @@ def _sizes(names: list[str], sizes: list) -> list[int]:
     if None not in sizes:
         return list(map(int, sizes))
     if sizes.count(None) == len(sizes):
-        return list(map(int, vsizes(f"/{'/'.join(names)}")))
-    read = iter(vsizes("/" + "/".join(n for n, s in zip(names, sizes, strict=True) if s is None)))
-    return [int(next(read) if s is None else s) for s in sizes]
+        found = vsizes(f"/{'/'.join(names)}")
+        if len(found) == len(names):
+            return list(map(int, found))
+    # Some sizes known already (files from new/), or, were a name ever to escape the shape,
+    # name by name: a size short would shift every row after it.
+    return [int(s) if s is not None else _vsize(n) for n, s in zip(names, sizes, strict=True)]
+
+
+def _vsize(name: str) -> int:
+    _, size, vsize, _ = split_name(name)
+    return vsize if vsize is not None else size
 
 
 def new_rows(

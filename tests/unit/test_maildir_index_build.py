@@ -544,3 +544,14 @@ def test_a_status_after_a_first_sync_lets_its_columns_go(root):
         status = inbox.status()
         assert inbox._built is None and status.messages == 50
         assert list(inbox.view().uids) == list(range(1, 51))  # read back from the index
+
+
+def test_sizes_left_to_the_names_are_read_from_each_one():
+    """NewRows.files reads the sizes a first sync left for later (None) from the names, all
+    at once; known sizes stay, and a name off the shape is read by itself, never shifting
+    the sizes after it."""
+    names = ["1.M1a,S=5,W=7:2,S", "2.M2b,S=6:2,", "3.M3c,S=8,W=9:2,"]
+    assert index_adds._sizes(names[::2], [None, None]) == [7, 9]
+    assert index_adds._sizes(names, [None, None, None]) == [7, 6, 9]
+    assert index_adds._sizes(names, [None, 12, None]) == [7, 12, 9]
+    assert index_adds._sizes(names, ["3", 4, None]) == [3, 4, 9]
