@@ -292,11 +292,13 @@ class UidList:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0:
-                    self._map()  # the holder's work is done (a SELECT answered): now
                 if self._depth == 0 and self._lock_fd is not None:
                     os.close(self._lock_fd)  # closing releases the flock
                     self._lock_fd = None
+                if self._depth == 0:
+                    # The holder's work is done (a SELECT answered, its rows written), and
+                    # other processes need not wait for this: only this process reads it.
+                    self._map()
 
     def _flock(self) -> int:
         while True:
