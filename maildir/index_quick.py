@@ -24,7 +24,9 @@ HEADER = 96  # two copies of the 48-byte WalIndexHdr
 
 
 class QuickRows:
-    """One per database file (``MailboxIndex``); thread-safe."""
+    """One per database file (``MailboxIndex``, ``AccountStore``); thread-safe.  Its user
+    keeps a connection to the database open, so the -shm file it reads stays the one in use
+    (and one made again is noticed: ``_stamp``)."""
 
     def __init__(self, db_path: Path) -> None:
         self._path = f"{db_path}-shm"
@@ -32,16 +34,20 @@ class QuickRows:
         self._fd: int | None = None  # the -shm file, open for reading
         self._rows: dict[tuple[str, int], tuple[bytes, tuple]] = {}
 
-    def row(self, conn: sqlite3.Connection, query: str, folder_id: int) -> tuple | None:
-        """``conn.execute(query, (folder_id,)).fetchone()``, or the row it gave last time if
-        nothing was committed since.  ``query`` reads one row of one table by its id."""
+    def row(self, conn: sqlite3.Connection, query: str, *params) -> tuple | None:
+        """``conn.execute(query, params).fetchone()``, or the row it gave last time if nothing
+        was committed since.  ``query`` reads one row by a key (a folder by its id, a user by
+        address).  No row is not remembered: it is asked again.  A connection inside a
+        transaction of its own reads through SQLite: what it changed is not committed yet."""
+        if conn.in_transaction:
+            return conn.execute(query, params).fetchone()
         stamp = self._stamp()  # before the query: a commit after it changes the stamp
-        key = (query, folder_id)
+        key = (query, params)
         if stamp is not None:
             known = self._rows.get(key)
             if known is not None and known[0] == stamp:
                 return known[1]
-        row = conn.execute(query, (folder_id,)).fetchone()
+        row = conn.execute(query, params).fetchone()
         if stamp is not None and row is not None:
             self._rows[key] = (stamp, row)
         return row

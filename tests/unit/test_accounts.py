@@ -556,3 +556,22 @@ def test_database_is_in_wal_mode_and_private(store):
     mode = sqlite3.connect(store.db_path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert store.db_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_recipient_is_resolved_from_memory_until_a_commit(store, tmp_path):
+    """Every RCPT resolves its address: the domain and mailbox rows are read from SQLite once
+    and again only after a commit, from this store or any other process's."""
+    store.add_user("ann@example.com", "correct horse battery")
+    statements = []
+    store._conn().set_trace_callback(statements.append)
+    addr = parse_address("ann@example.com")
+    first = store.resolve(addr).mailboxes
+    asked = len(statements)
+    assert asked >= 1  # the mailbox row (the domain may be known already)
+    assert store.resolve(addr).mailboxes == first and len(statements) == asked
+    other = _store(tmp_path)  # another connection, as the panel or the CLI would be
+    other.update_user("ann@example.com", disabled=True)
+    other.close()
+    with pytest.raises(MailboxDisabled):
+        store.resolve(addr)
+    assert len(statements) > asked

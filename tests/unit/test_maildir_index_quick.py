@@ -21,6 +21,10 @@ class Counting:
         self.conn = conn
         self.queries = 0
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
     def execute(self, *args):
         self.queries += 1
         return self.conn.execute(*args)
@@ -51,6 +55,20 @@ def test_the_row_is_read_again_only_after_a_commit_from_anywhere(tmp_path):
     assert quick.row(reader, QUERY, 1) == (12,) and reader.queries == 4
     other.execute("UPDATE t SET value = 21 WHERE id = 2")  # any commit, not only this row's
     assert quick.row(reader, QUERY, 1) == (12,) and reader.queries == 5
+    quick.close()
+
+
+def test_inside_a_transaction_sqlite_is_asked_and_no_row_is_not_remembered(tmp_path):
+    path, conn = _db(tmp_path)
+    quick, reader = QuickRows(path), Counting(conn)
+    assert quick.row(reader, QUERY, 1) == (10,) and reader.queries == 1
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM t WHERE id = 1")  # not committed: the stamp has not moved
+    assert quick.row(reader, QUERY, 1) is None and reader.queries == 2
+    conn.execute("ROLLBACK")
+    assert quick.row(reader, QUERY, 1) == (10,) and reader.queries == 2
+    assert quick.row(reader, QUERY, 3) is None and quick.row(reader, QUERY, 3) is None
+    assert reader.queries == 4
     quick.close()
 
 
