@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 HEADER = 96  # two copies of the 48-byte WalIndexHdr
+RECHECK = 1.0  # seconds between checks that the -shm file open is still the one in use
 
 
 class QuickRows:
@@ -32,7 +34,8 @@ class QuickRows:
         self._path = f"{db_path}-shm"
         self._lock = threading.Lock()
         self._fd: int | None = None  # the -shm file, open for reading
-        self._rows: dict[tuple[str, int], tuple[bytes, tuple]] = {}
+        self._checked = 0.0  # when the open file was last seen to be the one in use
+        self._rows: dict[tuple, tuple[bytes, tuple]] = {}
 
     def row(self, conn: sqlite3.Connection, query: str, *params) -> tuple | None:
         """``conn.execute(query, params).fetchone()``, or the row it gave last time if nothing
@@ -58,10 +61,17 @@ class QuickRows:
             with self._lock:
                 # SQLite removes the -shm file when the last connection to the database
                 # closes; one made again later is another file, and the old one would never
-                # change.  fstat() of the file open, not stat() of its name: no path walk.
-                if self._fd is None or os.fstat(self._fd).st_nlink == 0:
+                # change.  Our user keeps a connection open, so that cannot happen under
+                # it; still, the file open is checked, once a second: fstat() and pread()
+                # each hand the GIL over, and on an MX worker's loop each wait for it back
+                # cost as much as the query they replace.
+                now = time.monotonic()
+                if self._fd is None or (now >= self._checked + RECHECK
+                                        and os.fstat(self._fd).st_nlink == 0):
                     self._close()
                     self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                if now >= self._checked + RECHECK:
+                    self._checked = now
                 data = os.pread(self._fd, HEADER, 0)
         except OSError:
             return None

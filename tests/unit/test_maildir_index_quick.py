@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from maildir import Delivery, create_maildir, deliver
+from maildir import Delivery, create_maildir, deliver, index_quick
 from maildir.index import MailboxIndex
 from maildir.index_quick import QuickRows
 
@@ -80,7 +80,9 @@ def test_without_a_wal_index_every_check_asks_sqlite(tmp_path):
     assert reader.queries == 3
 
 
-def test_a_wal_index_made_again_is_read_not_the_old_one(tmp_path):
+def test_a_wal_index_made_again_is_read_not_the_old_one(tmp_path, monkeypatch):
+    """Checked once a second (RECHECK); here at every call."""
+    monkeypatch.setattr(index_quick, "RECHECK", 0.0)
     path, conn = _db(tmp_path)
     quick, reader = QuickRows(path), Counting(conn)
     quick.row(reader, QUERY, 1)
