@@ -82,7 +82,8 @@ def bulk_match(names: list[str]) -> tuple | None:
     unless every name is of the usual shape, gives its size the same way (all with ,W=, or
     all with ,S= alone) and has a base of its own.  The caller checks that the bases are
     new to the folder."""
-    common = common_names(f"/{'/'.join(names)}/")
+    joined = "/".join(names)
+    common = common_names(f"/{joined}/")
     if len(common) == len(names):
         bases, secs, usecs, flags = (list(map(get, common)) for get in _FIELDS[:4])
         if len(set(bases)) != len(bases):
@@ -90,7 +91,7 @@ def bulk_match(names: list[str]) -> tuple | None:
         letters = {f: letters_of_info("2," + f) for f in set(flags)}
         return (list(map(int, secs)), list(map(int, usecs)), bases, names, None,
                 list(map(letters.__getitem__, flags)))
-    matches = usual_names("/".join(names) + "/")
+    matches = usual_names(joined + "/")
     # A column at a time: zip(*matches) costs three times as much, with 100,000 arguments.
     bases, secs, usecs, sizes, vsizes, infos = (list(map(get, matches)) for get in _FIELDS)
     if "" in bases or len(set(bases)) != len(bases):
