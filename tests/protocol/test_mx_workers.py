@@ -78,6 +78,19 @@ def test_workers_receive_and_store_and_each_takes_connections(workers):
     assert all(_alive(pid) for pid in pids)
 
 
+def test_workers_and_all_their_threads_run_as_sched_batch(workers):
+    """A store thread's wake-up must not preempt the worker's event loop (worker.py,
+    ``batch_scheduling``); the daemon, which answers IMAP clients, keeps the default."""
+    pids = worker_pids(workers)
+    for n in range(4):  # the store threads start with the first messages
+        assert workers.send("ann@example.test", message(n)) == {}
+    for pid in pids:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        assert len(tids) > 1
+        assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(workers.proc.pid) == os.SCHED_OTHER
+
+
 def test_idle_in_the_daemon_hears_a_delivery_made_by_a_worker(workers):
     with Raw(workers) as r:
         r.login("ann@example.test")
