@@ -69,18 +69,18 @@ class DeliveryError(OSError):
 
 @dataclass(frozen=True)
 class _Staged:
-    folder: Path
-    tmp_path: Path
+    folder: str
+    tmp_path: str
     unique: str
     size: int
 
 
 
 
-def _open_tmp(folder: Path, hostname: str | None) -> tuple[int, Path, str]:
+def _open_tmp(folder: str, hostname: str | None) -> tuple[int, str, str]:
     for attempt in range(_NAME_ATTEMPTS):
         unique = new_unique_name(hostname)
-        tmp_path = folder / "tmp" / unique
+        tmp_path = f"{folder}/tmp/{unique}"
         try:
             # O_SYNC: each write returns once the data is on disk, as write + fsync would.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_SYNC
@@ -108,7 +108,8 @@ def _write_synced(fd: int, chunks: Iterable[bytes]) -> int:
 def _stage(delivery: Delivery, hostname: str | None) -> _Staged:
     """Phase 1 for one copy: write ``tmp/<unique>`` to disk (O_SYNC: the data and the inode,
     as fsync makes them durable); remove it again on failure."""
-    fd, tmp_path, unique = _open_tmp(delivery.folder, hostname)
+    folder = os.fspath(delivery.folder)
+    fd, tmp_path, unique = _open_tmp(folder, hostname)
     try:
         try:
             size = _write_synced(fd, delivery.chunks)
@@ -118,17 +119,17 @@ def _stage(delivery: Delivery, hostname: str | None) -> _Staged:
     except BaseException:
         unlink_quiet(tmp_path)
         raise
-    return _Staged(delivery.folder, tmp_path, unique, size)
+    return _Staged(folder, tmp_path, unique, size)
 
 
-def _delivery_error(exc: Exception, folder: Path, phase: str) -> DeliveryError:
+def _delivery_error(exc: Exception, folder: Path | str, phase: str) -> DeliveryError:
     text = f"delivery to {folder} failed while {phase}: {exc}"
     if isinstance(exc, OSError) and exc.errno is not None:
         return DeliveryError(exc.errno, text)
     return DeliveryError(text)
 
 
-def _fsync_quiet(directories: Iterable[Path]) -> None:
+def _fsync_quiet(directories: Iterable[str]) -> None:
     for directory in directories:
         try:
             fsync_dir(directory)
@@ -154,17 +155,21 @@ def deliver(deliveries: Sequence[Delivery], hostname: str | None = None) -> list
             raise _delivery_error(exc, current or Path(), "writing tmp/") from exc
         raise  # KeyboardInterrupt and friends: cleaned up, now let them through unchanged
 
-    final: list[Path] = []
+    # Paths as strings from here: pathlib's joins and hashes were two fifths of the Python a
+    # store thread ran per message, all of it while holding the GIL the event loop needs.
+    final: list[str] = []
+    new_dirs: dict[str, str] = {}  # new/ -> its folder, each once, in order
     try:
         for item in staged:
             current = item.folder
-            target = item.folder / "new" / f"{item.unique},S={item.size},W={item.size}"
+            target = f"{item.folder}/new/{item.unique},S={item.size},W={item.size}"
             os.rename(item.tmp_path, target)
             final.append(target)
+            new_dirs.setdefault(f"{item.folder}/new", item.folder)
         # One fsync per distinct new/ makes every rename above durable; only now may the
         # SMTP layer answer 250.
-        for new_dir in dict.fromkeys(path.parent for path in final):
-            current = new_dir.parent
+        for new_dir, folder in new_dirs.items():
+            current = folder
             fsync_dir(new_dir)
     except BaseException as exc:
         for path in final:
@@ -173,11 +178,11 @@ def deliver(deliveries: Sequence[Delivery], hostname: str | None = None) -> list
             unlink_quiet(item.tmp_path)
         # Best effort: make the removals durable too, so a crash now does not resurrect a
         # copy the sender will deliver again on retry.
-        _fsync_quiet(dict.fromkeys(path.parent for path in final))
+        _fsync_quiet(dict.fromkeys(os.path.dirname(path) for path in final))
         if isinstance(exc, Exception):
             raise _delivery_error(exc, current or Path(), "moving into new/") from exc
         raise
-    return final
+    return [Path(path) for path in final]
 
 
 def cleanup_tmp(folder: Path, older_than: float = TMP_MAX_AGE) -> int:

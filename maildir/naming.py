@@ -15,6 +15,7 @@ so renaming a message to change its flags never mangles a name written by anothe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -40,6 +41,7 @@ _HOST_ESCAPES = {"/": "\\057", ":": "\\072", ",": "\\054"}
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
+@functools.lru_cache(maxsize=64)  # one host name per server: escaped once, not per delivery
 def _escape_host(host: str) -> str:
     return "".join(_HOST_ESCAPES.get(ch, ch) for ch in host)
 

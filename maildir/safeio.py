@@ -27,7 +27,7 @@ def write_all(fd: int, chunks: Iterable[bytes]) -> int:
     return total
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     """fsync a directory so that entries created or renamed in it survive a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -64,7 +64,7 @@ def write_file_atomic(path: Path, data: bytes, tmp_path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def unlink_quiet(path: Path) -> None:
+def unlink_quiet(path: Path | str) -> None:
     """Remove a file during cleanup, where a second error must not hide the first one."""
     try:
         os.unlink(path)
