@@ -93,15 +93,16 @@ def die_with_parent(parent: int) -> None:
 def batch_scheduling() -> None:
     """Run this process, and every thread it starts after this call, as SCHED_BATCH.
 
-    A worker is busy when the CPUs are: a flood of inbound mail. Then, under SCHED_OTHER,
-    each wake-up of one of its store threads (an O_SYNC write or an fsync done) preempts the
-    event loop that is parsing the next command, about seven times per message; under
-    SCHED_BATCH (sched(7)) a woken thread waits for the running one's turn to end instead.
-    Its share of the CPU is unchanged, and with a CPU to spare it runs at once as before.
-    Measured with 2 workers on 2 CPUs: 6-13% more messages/s at 10 and 50 sessions, with 7%
-    less CPU per message. The daemon, which serves IMAP, keeps the default policy: there a
-    client is waiting on each reply. Threads inherit the policy, so this runs before any is
-    started. Not fatal where the policy is missing (not Linux).
+    A worker is busy when the CPUs are: a flood of inbound mail. Then, under SCHED_OTHER, the
+    tasks its own work wakes (a store thread whose O_SYNC write or fsync is done, the client
+    it just answered) preempted its event loop in the middle of the next command: 6.6-6.8
+    involuntary context switches of the loop per message at 10 sessions. Under SCHED_BATCH
+    (sched(7)) a woken thread of the worker waits for the running one's turn to end instead:
+    2.4 per message. Its share of the CPU is unchanged, and with a CPU to spare a woken
+    thread runs at once as before. Measured with 2 workers on 2 CPUs: 6-13% more messages/s
+    at 10 and 50 sessions and 7-10% less CPU per message. The daemon, which serves IMAP,
+    keeps the default policy: there a client waits on each reply. Threads inherit the
+    policy, so this runs before any is started. Not fatal where the policy is missing.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
