@@ -155,21 +155,20 @@ def deliver(deliveries: Sequence[Delivery], hostname: str | None = None) -> list
             raise _delivery_error(exc, current or Path(), "writing tmp/") from exc
         raise  # KeyboardInterrupt and friends: cleaned up, now let them through unchanged
 
-    # Paths as strings from here: pathlib's joins and hashes were two fifths of the Python a
-    # store thread ran per message, all of it while holding the GIL the event loop needs.
+    # Paths are strings inside deliver (here, _stage, _open_tmp): pathlib's joins and hashes
+    # were two fifths of the Python a store thread ran per message, all of it while holding
+    # the GIL the event loop needs.
     final: list[str] = []
-    new_dirs: dict[str, str] = {}  # new/ -> its folder, each once, in order
     try:
         for item in staged:
             current = item.folder
             target = f"{item.folder}/new/{item.unique},S={item.size},W={item.size}"
             os.rename(item.tmp_path, target)
             final.append(target)
-            new_dirs.setdefault(f"{item.folder}/new", item.folder)
         # One fsync per distinct new/ makes every rename above durable; only now may the
         # SMTP layer answer 250.
-        for new_dir, folder in new_dirs.items():
-            current = folder
+        for new_dir in dict.fromkeys(os.path.dirname(path) for path in final):
+            current = os.path.dirname(new_dir)
             fsync_dir(new_dir)
     except BaseException as exc:
         for path in final:
